@@ -1,0 +1,242 @@
+"""The synthetic 1-D regression data module and its whole-batch loading."""
+
+import math
+import os
+import warnings
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+
+
+class TensorDataset(Dataset):
+    """Tensors held in memory; a batch is cut from them by one index tensor, with no per-sample Python work."""
+
+    def __init__(self, *tensors: Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, index: int | Tensor) -> tuple[Tensor, ...]:
+        return tuple(t[index] for t in self.tensors)
+
+    # DataLoader calls this with the whole batch of indices instead of calling __getitem__ once per sample.
+    __getitems__ = __getitem__
+
+
+class EpochShuffleSampler(RandomSampler):
+    """A permutation of the dataset that depends only on (seed, epoch), so a resumed run sees the same order.
+
+    It subclasses RandomSampler so that Lightning knows the loader shuffles and shuffles its DistributedSampler too.
+    """
+
+    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def permutation(self) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(len(self.data_source), generator=generator)
+
+    def __iter__(self):
+        yield from self.permutation().tolist()
+
+
+class TensorBatchSampler(BatchSampler):
+    """Yields each batch as one index tensor: a slice of the epoch's order, already on the data's device.
+
+    Under DDP, Lightning rebuilds it around a DistributedSampler, whose order is then read once an epoch.
+    """
+
+    def __init__(
+        self, sampler: Sampler[int], batch_size: int, drop_last: bool = False, device: str | torch.device = "cpu"
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.device = torch.device(device)
+
+    def __iter__(self):
+        if isinstance(self.sampler, EpochShuffleSampler):
+            order = self.sampler.permutation()
+        elif isinstance(self.sampler, SequentialSampler):
+            order = torch.arange(len(self.sampler))
+        else:
+            order = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        order = order.to(self.device)
+        if self.drop_last:
+            order = order[: len(self) * self.batch_size]
+        yield from order.split(self.batch_size)
+
+
+def _unbatched(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """collate_fn for a dataset that already returns whole batches."""
+    return batch
+
+
+class RegressionDataModule(pl.LightningDataModule):
+    """y = slope·x + intercept + noise_std·ε on an even grid of x, split into train, val and test.
+
+    The data and the split come from their own generator seeded by ``seed``, so they stay the same whatever
+    ``seed_everything`` is; the training order is shuffled per epoch from ``seed_everything``.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        n_samples: int = 1000,
+        slope: float = 3.0,
+        intercept: float = 0.0,
+        noise_std: float = 0.3,
+        x_min: float = 0.0,
+        x_max: float = 1.0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 1234,
+        num_workers: int = 0,
+    ) -> None:
+        """
+        Args:
+            batch_size: Samples per training step on each device; also the val, test and predict batch size.
+            n_samples: Number of points, before the split.
+            slope: True slope of y = slope·x + intercept + noise.
+            intercept: True intercept.
+            noise_std: Standard deviation of the Gaussian noise; noise_std² is the loss floor.
+            x_min: Left end of the evenly spaced x grid.
+            x_max: Right end of the x grid.
+            val_fraction: Share of the points held out for validation, in [0, 1).
+            test_fraction: Share of the points held out for testing, in [0, 1).
+            seed: Seed of the data and of the split (not of the training order).
+            num_workers: DataLoader worker processes; 0 keeps the tensors in this process, which is fastest.
+        """
+        super().__init__()
+        _check(isinstance(batch_size, int) and batch_size > 0, "batch_size", batch_size, "must be a positive integer")
+        _check(isinstance(n_samples, int) and n_samples > 0, "n_samples", n_samples, "must be a positive integer")
+        _check(noise_std >= 0, "noise_std", noise_std, "must be >= 0")
+        _check(x_max > x_min, "x_max", x_max, f"must be greater than x_min={x_min}")
+        _check(0 <= val_fraction < 1, "val_fraction", val_fraction, "must be in [0, 1)")
+        _check(0 <= test_fraction < 1, "test_fraction", test_fraction, "must be in [0, 1)")
+        _check(
+            val_fraction + test_fraction < 1,
+            "val_fraction",
+            val_fraction,
+            f"plus test_fraction={test_fraction} must be < 1",
+        )
+        _check(num_workers >= 0, "num_workers", num_workers, "must be >= 0")
+        self.save_hyperparameters()
+        self.n_val = round(n_samples * val_fraction)
+        self.n_test = round(n_samples * test_fraction)
+        self.n_train = n_samples - self.n_val - self.n_test
+        for name, fraction, count in (
+            ("val_fraction", val_fraction, self.n_val),
+            ("test_fraction", test_fraction, self.n_test),
+        ):
+            _check(
+                fraction == 0 or count > 0, "n_samples", n_samples, f"is too small: {name}={fraction} gives no points"
+            )
+        _check(
+            self.n_train >= 2,
+            "n_samples",
+            n_samples,
+            f"leaves {self.n_train} training points after the val/test split; at least 2 are needed",
+        )
+        _check(
+            batch_size <= self.n_train,
+            "batch_size",
+            batch_size,
+            f"is larger than the training split ({self.n_train} of n_samples={n_samples})",
+        )
+        self.train_set = self.val_set = self.test_set = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Optimizer steps per epoch on one device: ceil(n_train / batch_size)."""
+        return math.ceil(self.n_train / self.hparams.batch_size)
+
+    def generate(self) -> tuple[Tensor, Tensor]:
+        """The whole data set, x and y, each of shape (n_samples, 1), from the data seed alone."""
+        hp = self.hparams
+        generator = torch.Generator().manual_seed(hp.seed)
+        x = torch.linspace(hp.x_min, hp.x_max, hp.n_samples).unsqueeze(1)
+        y = hp.slope * x + hp.intercept + hp.noise_std * torch.randn(x.shape, generator=generator)
+        return x, y
+
+    def split_indices(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Disjoint train, val and test indices into the data set, from the data seed alone."""
+        generator = torch.Generator().manual_seed(self.hparams.seed + 1)
+        order = torch.randperm(self.hparams.n_samples, generator=generator)
+        return order.split([self.n_train, self.n_val, self.n_test])
+
+    def facts(self) -> dict[str, float]:
+        """What the training split implies, computed from it: least squares, noise floor, Hessian, stable lr.
+
+        For the mean squared error of w·x + b the Hessian is H = 2·[[E x², E x], [E x, 1]], the same at every
+        (w, b); plain SGD on this quadratic converges only for lr < 2/λ_max(H).
+        """
+        x, y = self.generate()
+        train = self.split_indices()[0]
+        x, y = x[train].double().squeeze(1), y[train].double().squeeze(1)
+        design = torch.stack([x, torch.ones_like(x)], dim=1)
+        w, b = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1).tolist()
+        residual = y - (w * x + b)
+        hessian = 2 * design.T @ design / len(x)
+        eigenvalues = torch.linalg.eigvalsh(hessian).tolist()
+        return {
+            "lsq_weight": w,
+            "lsq_bias": b,
+            "lsq_train_mse": float(residual.pow(2).mean()),
+            "noise_floor": self.hparams.noise_std**2,
+            "hessian_eig_min": eigenvalues[0],
+            "hessian_eig_max": eigenvalues[1],
+            "lr_max_stable": 2 / eigenvalues[1],
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        # In-memory tensors need no worker processes: workers would only add inter-process copies.
+        warnings.filterwarnings("ignore", ".*does not have many workers.*", PossibleUserWarning)
+        x, y = self.generate()
+        self.device = torch.device("cpu")
+        if self.trainer is not None and self.hparams.num_workers == 0:
+            self.device = self.trainer.strategy.root_device  # moved once, so no step copies data to the device
+        x, y = x.to(self.device), y.to(self.device)
+        train, val, test = self.split_indices()
+        self.train_set = TensorDataset(x[train], y[train])
+        self.val_set = TensorDataset(x[val], y[val])
+        self.test_set = TensorDataset(x[test], y[test])
+
+    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
+        # seed_everything sets PL_GLOBAL_SEED; Lightning seeds its DistributedSampler from it in the same way.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        sampler = EpochShuffleSampler(dataset, seed=seed) if shuffle else SequentialSampler(dataset)
+        batch_sampler = TensorBatchSampler(sampler, self.hparams.batch_size, device=self.device)
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=_unbatched,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if self.n_val else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._loader(self.test_set, shuffle=False) if self.n_test else []
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set if self.n_test else self.val_set, shuffle=False)
+
+
+def _check(ok: bool, key: str, value: object, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"data.{key}={value!r} {rule}")

@@ -1,0 +1,190 @@
+"""The command line as a user runs it: configs, run folders, TensorBoard files, checkpoints, errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from batchsize_lit import LinearRegressor, RegressionDataModule
+from batchsize_lit.cli import main
+
+from conftest import CONFIGS, QUIET, run_cli
+
+
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a run folder, read back with TensorBoard's own reader."""
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def hparams(run: Path) -> dict[str, float | str]:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {key: value.number_value or value.string_value for key, value in info.hparams.items()}
+
+
+@pytest.mark.parametrize("config", ["b16", "b128", "early_stopping"])
+def test_fit_each_config(tmp_path, config):
+    result = run_cli("fit", "--config", str(CONFIGS / f"{config}.yaml"), *QUIET, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "lightning_logs" / config / "version_0"
+    assert "Fit finished" in result.stdout
+    assert f"tensorboard --logdir lightning_logs/{config}" in result.stdout
+    assert (run / "config.yaml").is_file()
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr
+
+    tags = scalars(run)
+    for tag in ["train_loss_step", "train_loss_epoch", "val_loss", "weight", "bias"]:
+        assert tag in tags, tag
+    for tag in ["by_epoch/train_loss", "by_epoch/val_loss", "by_samples/train_loss", "by_samples/val_loss"]:
+        assert tag in tags, tag
+    epochs = [step for step, _ in tags["by_epoch/train_loss"]]
+    assert epochs == list(range(1, len(epochs) + 1))
+    hp = hparams(run)
+    batch_size = {"b16": 16, "b128": 128, "early_stopping": 64}[config]
+    assert hp["batch_size"] == hp["global_batch_size"] == batch_size
+    assert hp["lr"] == pytest.approx(0.1)
+    best_val = min(value for _, value in tags["by_epoch/val_loss"])
+    assert tags["hp/val_loss_best"][0][1] == pytest.approx(best_val)
+
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    model = LinearRegressor.load_from_checkpoint(best, weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == len(epochs) - 1
+    val = [value for _, value in tags["by_epoch/val_loss"]]
+    assert val[-1] < val[0] / 2
+    if config == "b16":  # 50 updates an epoch: close to the training split's least-squares optimum
+        lsq = RegressionDataModule(batch_size=batch_size).facts()["lsq_weight"]
+        assert model.linear.weight.item() == pytest.approx(lsq, abs=0.1)
+
+
+def test_rerun_gets_a_new_folder_and_eval_commands_use_the_checkpoint(tmp_path, monkeypatch, capsys):
+    args = ["--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=3"]
+    assert run_cli("fit", *args, cwd=tmp_path).returncode == 0
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *args])
+    runs = sorted(p.name for p in (tmp_path / "lightning_logs" / "b128").iterdir())
+    assert runs == ["version_0", "version_1"]
+
+    ckpt = tmp_path / "lightning_logs/b128/version_0/checkpoints/last.ckpt"
+    model = LinearRegressor.load_from_checkpoint(ckpt, weights_only=True)
+    data = RegressionDataModule(batch_size=128)
+    data.setup()
+    x, y = data.test_set.tensors
+    expected_test = torch.nn.functional.mse_loss(model(x), y).item()
+
+    main(["test", *args, "--ckpt_path", str(ckpt)])
+    assert scalars(ckpt.parents[1])["test_loss"][0][1] == pytest.approx(expected_test, rel=1e-5)
+    capsys.readouterr()
+    main(["validate", *args, "--ckpt_path", str(ckpt)])
+    assert "val_loss" in capsys.readouterr().out
+    main(["predict", *args, "--ckpt_path", str(ckpt)])
+    assert f"100 predictions: {model(x[:1]).item():.4f}" in capsys.readouterr().out
+    # Evaluation adds to the run it evaluates; it makes no new run folder.
+    assert sorted(p.name for p in (tmp_path / "lightning_logs" / "b128").iterdir()) == runs
+
+
+def test_custom_module_by_class_path(tmp_path):
+    result = run_cli(
+        "fit",
+        "--config",
+        str(CONFIGS / "b128.yaml"),
+        *QUIET,
+        "--model=custom_models.TinyMLP",
+        "--model.hidden=4",
+        "--trainer.max_epochs=3",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "lightning_logs/b128/version_0"
+    assert "val_loss" in scalars(run) and "by_epoch/train_loss" in scalars(run)
+    ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["state_dict"]["net.0.weight"].shape == (4, 1)
+
+
+def help_text(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_documents_every_data_and_model_key(capsys):
+    data_help = help_text(capsys, "--data.help", "RegressionDataModule")
+    for key in ["n_samples", "slope", "intercept", "noise_std", "x_min", "x_max", "val_fraction", "seed", "batch_size"]:
+        assert f"--data.{key}" in data_help
+    assert "noise_std² is the loss floor" in data_help
+    assert "--model.lr" in help_text(capsys, "--model.help", "LinearRegressor")
+    fit_help = help_text(capsys, "--help")
+    for key in ["--early_stopping.patience", "--early_stopping.restore_best_weights", "--seed_everything"]:
+        assert key in fit_help
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data.batch_size=0"], "data.batch_size=0 must be a positive integer"),
+        (["--data.batch_size=abc"], 'Parser key "data.batch_size"'),
+        (["--data.batch_size=900"], "data.batch_size=900 is larger than the training split"),
+        (["--data.val_fraction=1.5"], "data.val_fraction=1.5 must be in [0, 1)"),
+        (["--data.val_fraction=0.5", "--data.test_fraction=0.5"], "data.val_fraction=0.5 plus test_fraction=0.5"),
+        (["--data.n_samples=5"], "data.n_samples=5 is too small"),
+        (["--data.noise_std=-1"], "data.noise_std=-1.0 must be >= 0"),
+        (["--model.lr=0"], "model.lr=0.0 must be > 0"),
+        (["--model.lr=-0.5"], "model.lr=-0.5 must be > 0"),
+        (["--trainer.max_epochs=-2"], "`max_epochs` must be a non-negative integer or -1. You passed in -2"),
+        (["--data.batch_sise=3"], "unknown key data.batch_sise; did you mean batch_size?"),
+        (["--early_stopping.patiense=3"], "did you mean --early_stopping.patience?"),
+        (["--ckpt_path=missing.ckpt"], "ckpt_path='missing.ckpt' does not exist"),
+        (["--config=missing.yaml"], "missing.yaml"),
+        (["--data.val_fraction=0"], "early_stopping.monitor='val_loss' is never logged: data.val_fraction=0.0"),
+    ],
+)
+def test_bad_input_gives_one_clean_line(workdir, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, *args])
+    assert exit_info.value.code != 0
+    line = str(exit_info.value.code)
+    assert line.startswith("error: ") and "\n" not in line
+    assert message in line
+    assert not (workdir / "lightning_logs").exists()
+
+
+def test_malformed_yaml_fails_cleanly_in_a_subprocess(tmp_path):
+    (tmp_path / "bad.yaml").write_text("data:\n  batch_size: [1\n")
+    result = run_cli("fit", "--config", "bad.yaml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: Problems parsing config")
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run_cli("fit", "--data.batch_size=0", cwd=tmp_path, env={"JSONARGPARSE_DEBUG": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_divergence_stops_in_the_epoch_and_explains(workdir):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, "--model.lr=2.0"])
+    line = str(exit_info.value.code)
+    assert line.startswith("error: training diverged") and "in epoch 1" in line
+    assert "above this data's stability limit" in line
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_on_gpu(tmp_path):
+    args = ["--config", str(CONFIGS / "b16.yaml"), "--trainer.accelerator=gpu", "--trainer.devices=1"]
+    result = run_cli("fit", *args, "--trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "GPU available: True, used: True" in result.stderr + result.stdout
+    model = LinearRegressor.load_from_checkpoint(
+        next((tmp_path / "lightning_logs/b16/version_0/checkpoints").glob("best-*.ckpt")), weights_only=True
+    )
+    assert model.linear.weight.item() == pytest.approx(3.0, abs=0.15)
