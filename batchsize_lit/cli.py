@@ -26,6 +26,7 @@ from batchsize_lit.model import LinearRegressor
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, "lightning")
 
 LOG_ROOT = "lightning_logs"
+STUDY_HINT = "Grids of fits: batchsize-lit study --config configs/study_seed.yaml (see batchsize-lit study --help)."
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
     "init_args": {"save_dir": LOG_ROOT, "name": None, "default_hp_metric": False},
@@ -50,8 +51,8 @@ class BatchSizeCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER})
-        kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "prog": "batchsize-lit"})
+        kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER, "max_epochs": 20})
+        kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "prog": "batchsize-lit", "epilog": STUDY_HINT})
         kwargs.setdefault("save_config_callback", SaveFitConfig)
         # A resumed run writes into its old folder, whose config.yaml already exists.
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -81,9 +82,8 @@ class BatchSizeCLI(LightningCLI):
         except ArgumentError as error:
             unknown = re.search(r"unrecognized arguments: --([\w.]+)", str(error))
             if unknown:
-                known = {
-                    name.lstrip("-") for p in self._subcommand_parsers.values() for name in p._option_string_actions
-                }
+                parsers = [parser, *getattr(self, "_subcommand_parsers", {}).values()]
+                known = {name.lstrip("-") for p in parsers for name in p._option_string_actions}
                 close = difflib.get_close_matches(unknown.group(1), known, n=1)
                 if close:
                     raise ArgumentError(None, f"{error}; did you mean --{close[0]}?") from None
@@ -210,7 +210,7 @@ def _is_run_checkpoint(ckpt_path: str, logger: Any) -> bool:
     return hasattr(logger, "init_args") and path.parent.name == "checkpoints" and len(path.parents) >= 4
 
 
-def _one_line(error: BaseException) -> str:
+def format_error(error: BaseException) -> str:
     """The error as one line. A subclass-typed key (model, data) fails as a Union of the class and None in
     jsonargparse; keep only what the class itself said, under its key."""
     text = " ".join(str(error).split())
@@ -252,4 +252,4 @@ def main(args: list[str] | None = None) -> None:
         if os.environ.get("JSONARGPARSE_DEBUG"):
             raise
         prefix = "training diverged: " if isinstance(error, Diverged) else ""
-        sys.exit(f"error: {prefix}{_one_line(error)}")
+        sys.exit(f"error: {prefix}{format_error(error)}")

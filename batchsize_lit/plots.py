@@ -1,0 +1,59 @@
+"""Loss curves of a study's cells against epochs, optimizer steps and samples seen."""
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+
+AXES = {"epoch": "epoch", "step": "optimizer steps", "samples": "samples seen"}
+
+
+def mean_curve(histories: list[list[dict[str, float]]], x: str) -> tuple[list[float], list[float]]:
+    """The train-loss curve averaged over seeds, up to the shortest run."""
+    length = min(len(history) for history in histories)
+    xs = [histories[0][i][x] for i in range(length)]
+    ys = [sum(history[i]["train_loss"] for history in histories) / len(histories) for i in range(length)]
+    return xs, ys
+
+
+def plot_curves(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """train_loss_by_epoch.png (one line per cell, seeds averaged) and train_loss_by_step_and_samples.png."""
+    from batchsize_lit.study import seed_groups
+
+    groups = {
+        cell: [row["history"] for row in members if row["history"]] for cell, members in seed_groups(rows).items()
+    }
+    groups = {cell: histories for cell, histories in groups.items() if histories}
+    floors = {row["noise_floor"] for row in rows if row.get("noise_floor") is not None}
+    floor = floors.pop() if len(floors) == 1 else None  # drawn only when every cell shares it
+    paths = []
+    for name, axes in [("train_loss_by_epoch", ["epoch"]), ("train_loss_by_step_and_samples", ["step", "samples"])]:
+        figure, panels = plt.subplots(1, len(axes), figsize=(6.4 * len(axes), 4.4), squeeze=False)
+        for panel, x in zip(panels[0], axes, strict=True):
+            # Longest runs first, so a shorter run that shares their start stays visible on top.
+            ordered = sorted(groups.items(), key=lambda item: -min(len(h) for h in item[1]))
+            for (cell, histories), marker in zip(ordered, itertools.cycle("os^Dvx*"), strict=False):
+                xs, ys = mean_curve(histories, x)
+                panel.plot(xs, ys, marker=marker, markersize=4, markevery=max(1, len(xs) // 20), label=cell)
+            if floor is not None:
+                panel.axhline(floor, color="gray", linestyle="--", label="noise floor noise_std²")
+            panel.set_yscale("log")
+            panel.set_xlabel(AXES[x])
+            panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+            panel.set_ylabel("mean train loss of the epoch (MSE)")
+            if x == "samples":
+                panel.set_xscale("log")
+            panel.grid(True, which="both", alpha=0.3)
+            panel.legend(fontsize="small")
+        figure.suptitle(f"{folder.name}: train loss by {' and by '.join(AXES[x] for x in axes)}")
+        figure.tight_layout()
+        path = folder / f"{name}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    return paths

@@ -1,0 +1,142 @@
+"""The study command: grid expansion, a small study end to end, one cell of a job array, report-only, resume."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from batchsize_lit.study import cell_name, expand, main
+
+BASE = {
+    "data": {"n_samples": 200},
+    "early_stopping": {"patience": None, "restore_best_weights": False},
+    "trainer": {"accelerator": "cpu", "max_epochs": 3},
+}
+
+
+def write_study(folder: Path, grid: dict, base: dict | None = None, name: str = "tiny") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(json.dumps({"base": base or BASE, "grid": grid}))
+    return path
+
+
+def run(*args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+def test_expand_is_the_product_in_grid_order():
+    grid = {"data.batch_size": [16, 128], "trainer.max_epochs": [5, 20], "model.lr": [0.1]}
+    cells = expand(grid)
+    assert len(cells) == 4
+    assert [cell_name(cell, grid) for cell in cells] == ["bs16_ep5", "bs16_ep20", "bs128_ep5", "bs128_ep20"]
+    assert all(cell["model.lr"] == 0.1 for cell in cells)
+
+
+def test_grid_values_must_be_lists():
+    with pytest.raises(ValueError, match=r"grid\.data\.batch_size=16"):
+        expand({"data.batch_size": 16})
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"data.batch_sise": [8, 16]}, "unknown key data.batch_sise; did you mean batch_size?"),
+        ({"trainer.max_epoch_count": [1]}, "trainer.max_epoch_count"),
+        ({"data.batch_size": [8, 500]}, "cell bs500: data.batch_size=500 is larger than the training split"),
+        ({"model.lr": [0.1, -1.0]}, "model.lr=-1.0 must be > 0"),
+    ],
+)
+def test_bad_grid_fails_before_anything_runs(workdir, capsys, grid, message):
+    code = run("--config", str(write_study(workdir, grid)))
+    assert code != 0 and str(code).startswith("error: ") and message in str(code)
+    assert not (workdir / "lightning_logs").exists()
+
+
+def test_two_cell_study_end_to_end(workdir, capsys):
+    config = write_study(workdir, {"data.batch_size": [8, 64]})
+    assert run("--config", str(config)) == 0
+    out = capsys.readouterr().out
+    assert "[1/2] bs8" in out and "[2/2] bs64" in out and "ETA" in out
+    folder = workdir / "lightning_logs" / "tiny"
+    rows = read_csv(folder / "results.csv")
+    assert [row["cell"] for row in rows] == ["bs8", "bs64"]
+    for column in ["batch_size", "max_epochs", "lr", "seed", "epochs_run", "steps", "samples", "train_loss",
+                   "val_loss", "test_loss", "weight", "bias", "seconds", "status"]:  # fmt: skip
+        assert all(row[column] != "" for row in rows), column
+    assert [int(row["steps"]) for row in rows] == [3 * 20, 3 * 3]  # 160 training points: ceil(160 / batch) a epoch
+    assert [int(row["samples"]) for row in rows] == [480, 480]
+    assert all(row["status"] == "ok" and row["epochs_run"] == "3" for row in rows)
+    for png in ["train_loss_by_epoch.png", "train_loss_by_step_and_samples.png"]:
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for cell in ["bs8", "bs64"]:
+        events = EventAccumulator(str(folder / cell))
+        events.Reload()
+        tags = events.Tags()["scalars"]
+        assert "by_epoch/train_loss" in tags and "by_samples/val_loss" in tags
+        assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+        train = [e.value for e in events.Scalars("by_epoch/train_loss")]
+        row = next(r for r in rows if r["cell"] == cell)
+        assert float(row["train_loss"]) == pytest.approx(train[-1], rel=1e-6)
+
+
+def test_trial_index_report_only_and_resume(workdir, capsys):
+    config = str(write_study(workdir, {"data.batch_size": [8, 64], "seed_everything": [0, 1]}, name="arr"))
+    folder = workdir / "lightning_logs" / "arr"
+    assert run("--config", config, "--trial_index", "2") == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["bs64_seed0"]
+    assert not (folder / "results.csv").exists()
+
+    assert run("--config", config) == 0
+    assert "1 cell(s) already done" in capsys.readouterr().out
+    first = read_csv(folder / "results.csv")
+    assert len(first) == 4
+    done = (folder / "bs64_seed0" / "result.json").stat().st_mtime_ns
+
+    assert run("--config", config, "--report_only", "true") == 0
+    out = capsys.readouterr().out
+    assert "Mean ± sd over seeds" in out and "bs8 " in out
+    assert read_csv(folder / "results.csv") == first
+    assert (folder / "bs64_seed0" / "result.json").stat().st_mtime_ns == done
+
+    assert run("--config", config, "--redo", "true", "--trial_index", "2") == 0
+    assert (folder / "bs64_seed0" / "result.json").stat().st_mtime_ns != done
+
+
+def test_trial_index_out_of_range(workdir):
+    code = run("--config", str(write_study(workdir, {"data.batch_size": [8]})), "--trial_index", "3")
+    assert "trial_index=3 is outside the grid's 1 cells" in str(code)
+
+
+def test_divergent_cell_is_recorded_and_the_study_goes_on(workdir, capsys):
+    base = {**BASE, "trainer": {"accelerator": "cpu", "max_epochs": 20}}
+    config = write_study(workdir, {"model.lr": [5.0, 0.1]}, base=base)
+    assert run("--config", str(config)) == 0
+    rows = read_csv(workdir / "lightning_logs" / "tiny" / "results.csv")
+    assert [(row["cell"], row["status"]) for row in rows] == [("lr5.0", "diverged"), ("lr0.1", "ok")]
+    assert int(rows[0]["epochs_run"]) < int(rows[1]["epochs_run"]) == 20
+
+
+def test_lr_scaling_shows_in_the_results(workdir):
+    base = {**BASE, "model": {"base_batch_size": 8, "lr": 0.05, "lr_scaling": "sqrt"}}
+    assert run("--config", str(write_study(workdir, {"data.batch_size": [8, 32]}, base=base))) == 0
+    rows = read_csv(workdir / "lightning_logs" / "tiny" / "results.csv")
+    assert [float(row["lr_effective"]) for row in rows] == pytest.approx([0.05, 0.1])
+
+
+def test_jobs_give_the_same_results_as_a_serial_run(workdir):
+    grid = {"data.batch_size": [8, 64]}
+    assert run("--config", str(write_study(workdir, grid, name="serial")), "--jobs", "1") == 0
+    assert run("--config", str(write_study(workdir, grid, name="parallel")), "--jobs", "2") == 0
+    serial, parallel = (read_csv(workdir / "lightning_logs" / name / "results.csv") for name in ("serial", "parallel"))
+    for one, two in zip(serial, parallel, strict=True):
+        for key in ["cell", "steps", "train_loss", "val_loss", "test_loss", "weight", "bias"]:
+            assert one[key] == two[key], key
