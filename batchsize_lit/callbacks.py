@@ -105,6 +105,16 @@ class ModelCheckpoint(_ModelCheckpoint):
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+            if self.last_model_path:
+                epoch = torch.load(self.last_model_path, map_location="cpu", weights_only=True)["epoch"] + 1
+                where = f"{self.last_model_path} holds the end of epoch {epoch}; resume with --ckpt_path last"
+            else:
+                where = "no epoch had finished, so there is no last.ckpt to resume from"
+            print(f"Interrupted in epoch {trainer.current_epoch + 1}: {where}", file=sys.stderr)
+
 
 class CurveLogger(pl.Callback):
     """Logs the mean train loss per epoch and val_loss on epoch and samples-seen axes, and stops on divergence.
@@ -155,9 +165,9 @@ class CurveLogger(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._loss_sum is None:
             return
-        mean = self._loss_sum / self._batches
+        mean = trainer.strategy.reduce(self._loss_sum / self._batches, reduce_op="mean")  # over DDP ranks
         self._check_finite(trainer, mean)
-        pl_module.log("train_loss_epoch", mean)
+        pl_module.log("train_loss_epoch", mean, sync_dist=True)  # already reduced; this keeps Lightning content
         epoch = trainer.current_epoch + 1
         row = {"epoch": epoch, "step": trainer.global_step, "samples": self.samples, "train_loss": float(mean)}
         if self._val_loss is not None:

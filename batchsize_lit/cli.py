@@ -107,10 +107,10 @@ class BatchSizeCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
+        trainer = super().instantiate_trainer(**kwargs)
         if config.get("log_every_n_steps") is None and isinstance(self.datamodule, RegressionDataModule):
             # Lightning warns when an epoch has fewer batches than the interval: log at least once an epoch.
-            kwargs["log_every_n_steps"] = min(50, self.datamodule.batches_per_epoch)
-        trainer = super().instantiate_trainer(**kwargs)
+            trainer.log_every_n_steps = min(50, self.datamodule.batches_per_epoch(trainer.world_size))
         trainer.callbacks.insert(0, self.curves)  # first, so train_loss_epoch is logged before others read it
         return trainer
 
@@ -137,7 +137,8 @@ class BatchSizeCLI(LightningCLI):
                         f"{data.hparams.val_fraction} leaves no validation split"
                     )
         self._started = time.perf_counter()
-        self._new_run = not Path(self.trainer.log_dir or "").exists()
+        self.log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks, here
+        self._new_run = self.log_dir is not None and not Path(self.log_dir).exists()
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
@@ -146,7 +147,7 @@ class BatchSizeCLI(LightningCLI):
     def _remove_new_run(self) -> None:
         """Bad input found once fit had begun: leave no half-written run folder behind."""
         if getattr(self, "_new_run", False) and self.trainer.is_global_zero:
-            run = Path(self.trainer.log_dir)
+            run = Path(self.log_dir)
             shutil.rmtree(run, ignore_errors=True)
             for parent in run.parents[:2]:  # <name>/ and lightning_logs/, if this run made them
                 if parent.is_dir() and not any(parent.iterdir()):
@@ -198,9 +199,9 @@ class BatchSizeCLI(LightningCLI):
                 f"  max stable lr 2/λ_max = {facts['lr_max_stable']:.3f} (lr used {self.model.effective_lr():.4g})",
             ]
         lines.append(f"  {trainer.global_step} steps, {curves.samples} samples seen, {seconds:.1f} s")
-        if trainer.log_dir:
-            lines.append(f"  run folder: {trainer.log_dir}")
-            lines.append(f"  tensorboard --logdir {Path(trainer.log_dir).parent}")
+        if self.log_dir:
+            lines.append(f"  run folder: {self.log_dir}")
+            lines.append(f"  tensorboard --logdir {Path(self.log_dir).parent}")
         return "\n".join(lines)
 
 

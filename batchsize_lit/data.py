@@ -153,10 +153,9 @@ class RegressionDataModule(pl.LightningDataModule):
         )
         self.train_set = self.val_set = self.test_set = None
 
-    @property
-    def batches_per_epoch(self) -> int:
-        """Optimizer steps per epoch on one device: ceil(n_train / batch_size)."""
-        return math.ceil(self.n_train / self.hparams.batch_size)
+    def batches_per_epoch(self, world_size: int = 1) -> int:
+        """Optimizer steps per epoch: ceil(n_train / batch_size) on one device; each DDP rank gets 1/world_size."""
+        return math.ceil(math.ceil(self.n_train / world_size) / self.hparams.batch_size)
 
     def generate(self) -> tuple[Tensor, Tensor]:
         """The whole data set, x and y, each of shape (n_samples, 1), from the data seed alone."""

@@ -68,8 +68,9 @@ class LinearRegressor(pl.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("weight", self.linear.weight.detach().squeeze())
-        self.log("bias", self.linear.bias.detach().squeeze())
+        # The same on every DDP rank; sync_dist only states that they are one value.
+        self.log("weight", self.linear.weight.detach().squeeze(), sync_dist=True)
+        self.log("bias", self.linear.bias.detach().squeeze(), sync_dist=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -48,7 +48,7 @@ def test_batches_per_epoch_and_each_sample_once(batch_size):
     dm = make(batch_size=batch_size)
     loader = dm.train_dataloader()
     batches = list(loader)
-    assert len(batches) == len(loader) == dm.batches_per_epoch == math.ceil(800 / batch_size)
+    assert len(batches) == len(loader) == dm.batches_per_epoch() == math.ceil(800 / batch_size)
     x = torch.cat([b[0] for b in batches]).squeeze(1)
     assert torch.equal(x.sort().values, dm.train_set.tensors[0].squeeze(1).sort().values)
     assert all(len(b[0]) == batch_size for b in batches[:-1])
