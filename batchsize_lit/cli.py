@@ -3,6 +3,7 @@
 import difflib
 import importlib
 import inspect
+import itertools
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -80,6 +82,8 @@ class BatchSizeCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:
+            if "Problems parsing config" in str(error):
+                raise ArgumentError(None, _locate_bad_yaml(args) or str(error)) from None
             unknown = re.search(r"unrecognized arguments: --([\w.]+)", str(error))
             if unknown:
                 parsers = [parser, *getattr(self, "_subcommand_parsers", {}).values()]
@@ -95,6 +99,8 @@ class BatchSizeCLI(LightningCLI):
         if hasattr(logger, "init_args") and logger.init_args.get("name") is None:  # the run is named after its config
             paths = config.get("config") or []
             logger.init_args.name = Path(str(paths[-1])).stem if paths else "default"
+        if config.get("weights_only", False) is None:  # checkpoints hold tensors and plain data only
+            config.weights_only = True
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last" and self.subcommand == "fit":
             config.ckpt_path = self._resume_in_place(logger)
@@ -209,6 +215,22 @@ def _is_run_checkpoint(ckpt_path: str, logger: Any) -> bool:
     """Whether the checkpoint sits in a TensorBoard run folder: <save_dir>/<name>/<version>/checkpoints/."""
     path = Path(ckpt_path)
     return hasattr(logger, "init_args") and path.parent.name == "checkpoints" and len(path.parents) >= 4
+
+
+def _locate_bad_yaml(args: Any) -> str | None:
+    """Name the --config file that is not valid YAML, and where."""
+    args = list(args or sys.argv[1:]) if not isinstance(args, dict) else []
+    paths = [b for a, b in itertools.pairwise(args) if a in ("-c", "--config")]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for path in paths:
+        if Path(path).is_file():
+            try:
+                yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError as error:
+                mark = getattr(error, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                return f"--config {path} is not valid YAML{where}: {getattr(error, 'problem', error)}"
+    return None
 
 
 def format_error(error: BaseException) -> str:

@@ -11,6 +11,7 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ def validate(cell_args: dict[str, list[str]]) -> None:
     for cell, args in cell_args.items():
         try:
             if parser is None:  # the first cell builds the parser, and so is checked in full
-                parser = BatchSizeCLI(args=args, run=False).parser
+                parser = cell_cli(args).parser
             parser.instantiate_classes(parser.parse_args(args))
         except (ArgumentError, ValueError) as error:
             raise ValueError(f"cell {cell}: {format_error(error)}") from None
@@ -191,12 +192,20 @@ def _init_worker(gpus: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(worker % gpus)
 
 
+def cell_cli(args: list[str]) -> BatchSizeCLI:
+    """The LightningCLI of one cell: parsed, model, data and trainer built, nothing run."""
+    with warnings.catch_warnings():
+        # LightningCLI warns when args are given while sys.argv holds others: here those are the study's own.
+        warnings.filterwarnings("ignore", "LightningCLI's args parameter", UserWarning)
+        return BatchSizeCLI(args=args, run=False)
+
+
 def run_cell(cell: str, args: list[str], folder: Path) -> dict[str, Any]:
     """Fit one cell, test it, and write its result.json; a diverged cell is recorded, not raised."""
     for logger_name in ("lightning.pytorch", "lightning.fabric"):  # also in worker processes
         logging.getLogger(logger_name).setLevel(logging.WARNING)
     started = time.perf_counter()
-    cli = BatchSizeCLI(args=args, run=False)
+    cli = cell_cli(args)
     status = "ok"
     try:
         cli.before_fit()
@@ -334,7 +343,6 @@ def main(argv: list[str]) -> None:
     parser = build_parser()
     try:
         config = parser.parse_args(argv)
-        sys.argv = sys.argv[:1]  # parsed: each cell's LightningCLI gets its own arguments, not these
         name = config.name or Path(str((config.get("config") or ["study"])[-1])).stem
         status = run_study(
             grid=config.grid,

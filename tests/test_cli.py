@@ -161,7 +161,11 @@ def test_malformed_yaml_fails_cleanly_in_a_subprocess(tmp_path):
     result = run_cli("fit", "--config", "bad.yaml", cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: Problems parsing config")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: --config bad.yaml is not valid YAML at line 3, column 1: expected ',' or ']'")
+    )
     assert not (tmp_path / "lightning_logs").exists()
 
 

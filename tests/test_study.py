@@ -140,3 +140,17 @@ def test_jobs_give_the_same_results_as_a_serial_run(workdir):
     for one, two in zip(serial, parallel, strict=True):
         for key in ["cell", "steps", "train_loss", "val_loss", "test_loss", "weight", "bias"]:
             assert one[key] == two[key], key
+
+
+@pytest.mark.slow
+def test_a_long_study_keeps_memory_and_open_files_flat(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from long_study import measure
+
+    samples = measure(100, tmp_path)
+    _, rss_10, files_10, _ = samples[9]
+    _, rss_100, files_100, _ = samples[-1]
+    assert rss_100 <= 1.10 * rss_10, samples
+    assert files_100 <= files_10, samples
