@@ -46,12 +46,28 @@ class EarlyStopping(_EarlyStopping):
         self.best_weights: dict[str, Tensor] | None = None
         self.best_epoch: int | None = None
         self.restored = False
+        self._validated_epoch = self._epoch = -1
+        self._state_key: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        # Lightning formats this for every callback hook, several times a step; monitor and mode never change.
+        if self._state_key is None:
+            self._state_key = super().state_key
+        return self._state_key
 
     @property
     def stops_early(self) -> bool:
         return self.patience != sys.maxsize
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+        super().on_validation_end(trainer, pl_module)
+
     def _validate_condition_metric(self, logs: dict[str, Tensor]) -> bool:
+        if self.monitor not in logs and self._validated_epoch != self._epoch:
+            return False  # no validation yet this epoch (max_steps ended it early): nothing to check
         if self.monitor not in logs and self.strict:
             raise ValueError(
                 f"early_stopping.monitor={self.monitor!r} is never logged; logged metrics: {', '.join(logs) or 'none'}"
@@ -59,6 +75,7 @@ class EarlyStopping(_EarlyStopping):
         return super()._validate_condition_metric(logs)
 
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
+        self._epoch = trainer.current_epoch
         best_before = self.best_score
         super()._run_early_stopping_check(trainer)
         if self.best_score is not best_before:  # the parent replaces best_score only on an improvement
@@ -98,7 +115,15 @@ class ModelCheckpoint(_ModelCheckpoint):
             save_last: Also write last.ckpt at the end of every epoch.
             **kwargs: The other arguments of lightning.pytorch.callbacks.ModelCheckpoint.
         """
+        self._state_key: str | None = None
         super().__init__(monitor=monitor, filename=filename, save_last=save_last, **kwargs)
+
+    @property
+    def state_key(self) -> str:
+        # As for EarlyStopping: formatted for every callback hook, and fixed once the callback is built.
+        if self._state_key is None:
+            self._state_key = super().state_key
+        return self._state_key
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -146,11 +171,15 @@ class CurveLogger(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        loss = loss.detach()
-        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
+        if self._loss_sum is None:
+            self._loss_sum = loss.clone()
+        else:
+            self._loss_sum += loss
         self._batches += 1
-        self.samples += extract_batch_size(batch) * trainer.world_size
+        first = batch[0] if isinstance(batch, list | tuple) else None
+        size = first.shape[0] if isinstance(first, Tensor) else extract_batch_size(batch)
+        self.samples += size * trainer.world_size
         if trainer.log_every_n_steps and trainer.global_step % trainer.log_every_n_steps == 0:
             self._check_finite(trainer, self._loss_sum)
 

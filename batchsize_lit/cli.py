@@ -18,7 +18,7 @@ import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from batchsize_lit.callbacks import CurveLogger, Diverged, EarlyStopping, ModelCheckpoint
 from batchsize_lit.data import RegressionDataModule
@@ -35,14 +35,6 @@ DEFAULT_LOGGER = {
 }
 
 
-class SaveFitConfig(SaveConfigCallback):
-    """Saves config.yaml for fit only: validate, test and predict add to the run they evaluate."""
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit":
-            super().setup(trainer, pl_module, stage)
-
-
 class BatchSizeCLI(LightningCLI):
     """LightningCLI with this template's callbacks, logger and end-of-fit summary."""
 
@@ -55,9 +47,8 @@ class BatchSizeCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER, "max_epochs": 20})
         kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "prog": "batchsize-lit", "epilog": STUDY_HINT})
-        kwargs.setdefault("save_config_callback", SaveFitConfig)
-        # A resumed run writes into its old folder, whose config.yaml already exists.
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # config.yaml is written by before_fit, for fit only: a callback would cost every training step a call.
+        kwargs.setdefault("save_config_callback", None)
         self.curves = CurveLogger()
         try:
             super().__init__(args=args, run=run, **kwargs)
@@ -145,6 +136,11 @@ class BatchSizeCLI(LightningCLI):
         self._started = time.perf_counter()
         self.log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks, here
         self._new_run = self.log_dir is not None and not Path(self.log_dir).exists()
+        if self.log_dir and self.trainer.is_global_zero:  # a resumed run rewrites its own config.yaml
+            Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            parser = self._parser(self.subcommand)
+            parser.save(config, Path(self.log_dir, "config.yaml"), skip_none=False, overwrite=True)
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
