@@ -140,7 +140,7 @@ class BatchSizeCLI(LightningCLI):
             Path(self.log_dir).mkdir(parents=True, exist_ok=True)
             config = self.config[self.subcommand] if self.subcommand else self.config
             parser = self._parser(self.subcommand)
-            parser.save(config, Path(self.log_dir, "config.yaml"), skip_none=False, overwrite=True)
+            parser.save(config, Path(self.log_dir, "config.yaml"), skip_unset=False, overwrite=True)
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
