@@ -134,6 +134,11 @@ class BatchSizeCLI(LightningCLI):
                         f"{data.hparams.val_fraction} leaves no validation split"
                     )
         self._started = time.perf_counter()
+        if isinstance(data, RegressionDataModule) and hasattr(self.model, "effective_lr"):
+            lr, limit = self.model.effective_lr(), data.facts()["lr_max_stable"]
+            if lr >= limit and self.trainer.is_global_zero:
+                print(f"warning: lr {lr:.4g} is at or above this data's stable limit 2/λ_max = {limit:.4g}: "
+                      "SGD will diverge", file=sys.stderr)  # fmt: skip
         self.log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks, here
         self._new_run = self.log_dir is not None and not Path(self.log_dir).exists()
         if self.log_dir and self.trainer.is_global_zero:  # a resumed run rewrites its own config.yaml

@@ -57,3 +57,36 @@ def plot_curves(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
         plt.close(figure)
         paths.append(path)
     return paths
+
+
+def plot_critical_batch(critical: dict[str, Any], folder: Path) -> Path:
+    """steps_to_target.png: steps and examples to the target against batch size, log-log, with the fit."""
+    points, fit = critical["points"], critical["fit"]
+    batches = [p["batch_size"] for p in points]
+    steps = [p["steps_to_target"] for p in points]
+    samples = [p["samples_to_target"] for p in points]
+    grid = [batches[0] * (batches[-1] / batches[0]) ** (i / 99) for i in range(100)]
+    fitted = [fit["s_min"] * (1 + fit["b_crit"] / b) for b in grid]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12.8, 4.6))
+    left.plot(batches, steps, "o", label="best lr per batch size (seed mean)")
+    left.plot(grid, fitted, "-", label=f"S_min(1 + B_crit/B), B_crit = {fit['b_crit']:.3g}")
+    left.plot(grid, [steps[0] * batches[0] / b for b in grid], "--", color="gray", label="perfect scaling, S ∝ 1/B")
+    left.axhline(fit["s_min"], color="gray", linestyle=":", label=f"S_min = {fit['s_min']:.3g}")
+    left.set_ylabel("optimizer steps to target")
+    right.plot(batches, samples, "o", label="best lr per batch size (seed mean)")
+    right.plot(grid, [s * b for s, b in zip(fitted, grid, strict=True)], "-", label="S_min(B + B_crit)")
+    right.axhline(fit["e_min"], color="gray", linestyle=":", label=f"E_min = {fit['e_min']:.3g}")
+    right.set_ylabel("samples to target")
+    for panel in (left, right):
+        panel.set_xscale("log", base=2)
+        panel.set_yscale("log")
+        panel.set_xlabel("global batch size B")
+        panel.axvline(fit["b_crit"], color="red", alpha=0.3)
+        panel.grid(True, which="both", alpha=0.3)
+        panel.legend(fontsize="small")
+    figure.suptitle(f"{folder.name}: steps and samples to the validation target")
+    figure.tight_layout()
+    path = folder / "steps_to_target.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -22,6 +22,7 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 from batchsize_lit.callbacks import Diverged, EarlyStopping
 from batchsize_lit.cli import BatchSizeCLI, format_error
 from batchsize_lit.model import global_batch_size
+from batchsize_lit.science import GradientNoiseScale, StepsToTarget, fit_critical_batch
 
 SHORT_NAMES = {"data.batch_size": "bs", "trainer.max_epochs": "ep", "model.lr": "lr", "seed_everything": "seed"}
 COLUMNS = [
@@ -42,6 +43,10 @@ COLUMNS = [
     "weight",
     "bias",
     "noise_floor",
+    "steps_to_target",
+    "samples_to_target",
+    "b_simple",
+    "b_noise",
     "seconds",
     "status",
 ]
@@ -230,6 +235,8 @@ def run_cell(cell: str, args: list[str], folder: Path) -> dict[str, Any]:
 def result_row(cli: Any, cell: str, status: str, seconds: float, test_loss: float | None) -> dict[str, Any]:
     """One results.csv row from a finished cell's CLI object."""
     trainer, model, curves = cli.trainer, cli.model, cli.curves
+    target = next((cb for cb in trainer.callbacks if isinstance(cb, StepsToTarget)), None)
+    noise = next((cb for cb in trainer.callbacks if isinstance(cb, GradientNoiseScale)), None)
     data_hp = getattr(cli.datamodule, "hparams", {})
     best = curves.best()
     best_epoch = next((r["epoch"] for r in curves.history if r.get(curves.monitor) == best), None)
@@ -252,6 +259,10 @@ def result_row(cli: Any, cell: str, status: str, seconds: float, test_loss: floa
         "weight": linear.weight.item() if linear is not None and status == "ok" else None,
         "bias": linear.bias.item() if linear is not None and status == "ok" else None,
         "noise_floor": data_hp["noise_std"] ** 2 if "noise_std" in data_hp else None,
+        "steps_to_target": getattr(target, "reached_step", None),
+        "samples_to_target": getattr(target, "reached_samples", None),
+        "b_simple": noise.last.get("b_simple") if noise else None,
+        "b_noise": noise.last.get("b_noise") if noise else None,
         "seconds": round(seconds, 3),
         "status": status,
     }
@@ -268,10 +279,8 @@ def read_result(cell_folder: Path) -> dict[str, Any] | None:
 
 def progress_line(row: dict[str, Any]) -> str:
     val = f"val_loss {row['val_loss']:.5f}" if row["val_loss"] is not None else "no val_loss"
-    return (
-        f"{row['cell']:<24} {row['status']:<8} {row['epochs_run']}/{row['max_epochs']} epochs  {val}  "
-        f"{row['seconds']:.1f} s"
-    )
+    epochs = f"{row['epochs_run']}/{row['max_epochs']}" if row["max_epochs"] != -1 else str(row["epochs_run"])
+    return f"{row['cell']:<24} {row['status']:<8} {epochs} epochs  {val}  {row['seconds']:.1f} s"
 
 
 def report(rows: list[dict[str, Any]], folder: Path, grid: dict[str, list[Any]]) -> None:
@@ -287,11 +296,47 @@ def report(rows: list[dict[str, Any]], folder: Path, grid: dict[str, list[Any]])
     if any(len(members) > 1 for members in groups.values()):
         print("\nMean ± sd over seeds:")
         print(format_table(summarize(groups), ["cell", "runs", "epochs_run", "train_loss", "val_loss", "test_loss"]))
-    from batchsize_lit.plots import plot_curves
+    from batchsize_lit.plots import plot_critical_batch, plot_curves
 
-    for path in plot_curves(rows, folder):
+    paths = plot_curves(rows, folder)
+    critical = critical_batch(rows)
+    if critical:
+        print(format_table(critical["points"], ["batch_size", "lr", "runs", "steps_to_target", "samples_to_target"]))
+        fit = critical["fit"]
+        print(
+            f"critical batch size B_crit = {fit['b_crit']:.3g}; S_min = {fit['s_min']:.4g} steps;"
+            f" E_min = {fit['e_min']:.4g} samples (S = S_min·(1 + B_crit/B), best lr per batch size)"
+        )
+        paths.append(plot_critical_batch(critical, folder))
+    for path in paths:
         print(f"plot: {path}")
     print(f"results: {folder / 'results.csv'}\ntensorboard --logdir {folder}")
+
+
+def critical_batch(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Steps to target against batch size, at each batch size's best lr, and the fit of S = S_min·(1 + B_crit/B).
+
+    For each (batch size, lr) the steps are averaged over seeds, counting only settings where every seed reached
+    the target; the best lr is the one with the fewest mean steps.
+    """
+    runs: dict[tuple[float, float], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") == "ok" and row.get("global_batch_size"):
+            runs.setdefault((row["global_batch_size"], row["lr_effective"]), []).append(row)
+    best: dict[float, dict[str, Any]] = {}
+    for (batch, lr), members in runs.items():
+        if any(row.get("steps_to_target") is None for row in members):
+            continue
+        steps = statistics.fmean(row["steps_to_target"] for row in members)
+        if batch not in best or steps < best[batch]["steps_to_target"]:
+            samples = statistics.fmean(row["samples_to_target"] for row in members)
+            best[batch] = {"batch_size": batch, "lr": lr, "runs": len(members), "steps_to_target": steps,
+                           "samples_to_target": samples}  # fmt: skip
+    points = [best[batch] for batch in sorted(best)]
+    if len(points) < 3:
+        return None
+    fit = fit_critical_batch([p["batch_size"] for p in points], [p["steps_to_target"] for p in points])
+    return {"points": points, "fit": fit}
 
 
 def seed_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -1,0 +1,128 @@
+"""Gradient noise scale, stability limit, steps to target and the critical batch size."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from batchsize_lit import RegressionDataModule
+from batchsize_lit.cli import main
+from batchsize_lit.science import (
+    GradientNoiseScale,
+    StepsToTarget,
+    TwoBatchEstimator,
+    exact_noise_scale,
+    fit_critical_batch,
+)
+
+from conftest import CONFIGS, QUIET
+from custom_models import TinyMLP
+
+W, B = 2.2, 0.4  # fixed weights away from the optimum, so that |G| is not tiny
+
+
+def train_split():
+    data = RegressionDataModule()
+    data.setup()
+    return data.train_set.tensors
+
+
+def test_exact_noise_scale_matches_a_plain_numpy_computation():
+    x, y = (t.double().numpy().ravel() for t in train_split())
+    per_example = np.array([2 * (W * xi + B - yi) * np.array([xi, 1.0]) for xi, yi in zip(x, y, strict=True)])
+    mean = per_example.mean(axis=0)
+    sigma = np.cov(per_example.T, bias=True)
+    hessian = 2 * np.array([[np.mean(x * x), np.mean(x)], [np.mean(x), 1.0]])
+    got = exact_noise_scale(*train_split(), W, B)
+    assert got["b_simple"] == pytest.approx(np.trace(sigma) / (mean @ mean), rel=1e-9)
+    assert got["b_noise"] == pytest.approx(np.trace(hessian @ sigma) / (mean @ hessian @ mean), rel=1e-9)
+    n = len(x)
+    assert got["b_simple_finite"] == pytest.approx(n * got["b_simple"] / (got["b_simple"] + n - 1))
+
+
+def test_two_batch_estimator_agrees_with_the_exact_value_within_10_percent():
+    """Batches drawn with replacement, as the estimator assumes: 10000 pairs of batch 8 and 128, EMA 0.999.
+    Over seeds 0 to 4 the ratio to the exact value spans 0.94 to 1.06."""
+    x, y = (t.double().flatten() for t in train_split())
+    features = torch.stack([x, torch.ones_like(x)], dim=1)
+    per_example = 2 * (W * x + B - y).unsqueeze(1) * features
+    generator = torch.Generator().manual_seed(0)
+    estimator = TwoBatchEstimator(ema=0.999)
+    for _ in range(10000):
+        small = per_example[torch.randint(len(x), (8,), generator=generator)].mean(0)
+        big = per_example[torch.randint(len(x), (128,), generator=generator)].mean(0)
+        estimator.update(float(small @ small), 8, float(big @ big), 128)
+    exact = exact_noise_scale(*train_split(), W, B)["b_simple"]
+    assert estimator.b_simple == pytest.approx(exact, rel=0.10)
+
+
+def test_critical_batch_fit_recovers_a_synthetic_curve():
+    batches = [2**k for k in range(10)]
+    steps = [250 * (1 + 37 / b) for b in batches]
+    fit = fit_critical_batch(batches, steps)
+    assert fit["b_crit"] == pytest.approx(37, rel=1e-9)
+    assert fit["s_min"] == pytest.approx(250, rel=1e-9)
+    assert fit["e_min"] == pytest.approx(250 * 37, rel=1e-9)
+    noisy = [s * random.Random(k).uniform(0.97, 1.03) for k, s in enumerate(steps)]
+    assert fit_critical_batch(batches, noisy)["b_crit"] == pytest.approx(37, rel=0.15)
+
+
+class FakeTrainer:
+    global_step = 0
+    should_stop = False
+
+
+def test_steps_to_target_is_the_first_step_from_which_it_stays_reached():
+    tracker, trainer = StepsToTarget(target=0.15, hold=2), FakeTrainer()
+    for step, value in enumerate([0.3, 0.1, 0.2, 0.12, 0.11]):
+        trainer.global_step = step
+        tracker._check(trainer, value)
+    assert tracker.reached_step == 3 and trainer.should_stop
+
+
+def test_logged_b_simple_equals_the_exact_value_at_the_checkpointed_weights(workdir):
+    callbacks = '[{"class_path": "batchsize_lit.science.GradientNoiseScale"}]'
+    main_args = ["fit", "--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=4"]
+    main([*main_args, f"--trainer.callbacks={callbacks}", "--early_stopping.patience=null"])
+    run = workdir / "lightning_logs/b128/version_0"
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = events.Scalars("gns/b_simple")
+    assert len(logged) == 4 and "gns/b_noise" in events.Tags()["scalars"]
+    state = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    exact = exact_noise_scale(*train_split(), state["linear.weight"].item(), state["linear.bias"].item())
+    assert logged[-1].value == pytest.approx(exact["b_simple"], rel=1e-5)
+
+
+def test_two_batch_estimate_for_another_model_under_gradient_accumulation(tmp_path):
+    seed_everything(0)
+    noise = GradientNoiseScale()
+    trainer = Trainer(accelerator="cpu", max_epochs=3, accumulate_grad_batches=4, callbacks=[noise], logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(TinyMLP(), RegressionDataModule(batch_size=8))
+    assert noise.estimator.grad_norm_sq is not None and noise.last["b_simple"] > 0
+
+
+def test_summary_states_the_stable_lr_and_warns_above_it(workdir, capsys):
+    main(["fit", "--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=1", "--model.lr=0.5"])
+    out = capsys.readouterr()
+    assert "max stable lr 2/λ_max = 0.785" in out.out
+    assert "warning" not in out.err
+    main(["fit", "--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=1", "--model.lr=0.9"])
+    assert "warning: lr 0.9 is at or above this data's stable limit 2/λ_max = 0.785" in capsys.readouterr().err
+
+
+def test_critical_batch_study_reports_b_crit(workdir, capsys):
+    from batchsize_lit.study import main as study_main
+
+    grid = '{"data.batch_size": [8, 64, 512], "model.lr": [0.1, 0.4]}'  # the shipped config's base, a smaller grid
+    args = ["--config", str(CONFIGS / "study_critical_batch.yaml"), "--name", "crit", "--grid", grid]
+    with pytest.raises(SystemExit) as exit_info:
+        study_main(args)
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "critical batch size B_crit = " in out
+    assert (workdir / "lightning_logs/crit/steps_to_target.png").is_file()
