@@ -49,8 +49,9 @@ def plot_curves(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
             if x == "samples":
                 panel.set_xscale("log")
             panel.grid(True, which="both", alpha=0.3)
-            panel.legend(fontsize="small")
-        figure.suptitle(f"{folder.name}: train loss by {' and by '.join(AXES[x] for x in axes)}")
+            if len(groups) <= 12:  # beyond that a legend hides the curves
+                panel.legend(fontsize="small")
+        figure.suptitle(f"{folder.name}: train loss by {' and by '.join(AXES[x] for x in axes)} ({len(groups)} cells)")
         figure.tight_layout()
         path = folder / f"{name}.png"
         figure.savefig(path, dpi=110)

@@ -239,7 +239,7 @@ def result_row(cli: Any, cell: str, status: str, seconds: float, test_loss: floa
     noise = next((cb for cb in trainer.callbacks if isinstance(cb, GradientNoiseScale)), None)
     data_hp = getattr(cli.datamodule, "hparams", {})
     best = curves.best()
-    best_epoch = next((r["epoch"] for r in curves.history if r.get(curves.monitor) == best), None)
+    best_epoch = next((r["epoch"] for r in curves.history if best is not None and r.get(curves.monitor) == best), None)
     linear = getattr(model, "linear", None)
     row = {
         "cell": cell,
