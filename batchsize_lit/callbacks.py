@@ -1,4 +1,4 @@
-"""EarlyStopping that restores the best weights, and the loss curves a batch-size study compares."""
+"""EarlyStopping that restores the best weights, a last.ckpt kept current, and the curves a study compares."""
 
 import os
 import sys
@@ -55,10 +55,6 @@ class EarlyStopping(_EarlyStopping):
         if self._state_key is None:
             self._state_key = super().state_key
         return self._state_key
-
-    @property
-    def stops_early(self) -> bool:
-        return self.patience != sys.maxsize
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:

@@ -180,12 +180,15 @@ class BatchSizeCLI(LightningCLI):
         """The end-of-fit report: how and why it stopped, the best epoch, the weights against the optimum."""
         trainer, curves = self.trainer, self.curves
         stopper = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping)), None)
-        epochs = len(curves.history)
+        epochs, max_epochs = len(curves.history), trainer.max_epochs
         if stopper is not None and stopper.stopped_epoch:
             why = f"early stop at epoch {stopper.stopped_epoch + 1} (patience {stopper.patience})"
-        else:
+        elif max_epochs is not None and epochs >= max_epochs > 0:
             why = "max_epochs reached"
-        lines = [f"Fit finished: {epochs} of {trainer.max_epochs} epochs, {why}."]
+        else:
+            why = "stopped by max_steps, max_time or a callback"
+        of_max = f" of {max_epochs}" if max_epochs is not None and max_epochs > 0 else ""
+        lines = [f"Fit finished: {epochs}{of_max} epochs, {why}."]
         best = curves.best()
         if best is not None:
             best_epoch = min((row for row in curves.history if curves.monitor in row), key=lambda r: r[curves.monitor])

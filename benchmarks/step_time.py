@@ -38,37 +38,38 @@ def plain_dataloader(n: int, batch: int, steps: int, device: str) -> float:
     """(a) The textbook loop: DataLoader(TensorDataset, shuffle=True), batches moved to the device each step."""
     x, y = data(n, "cpu")
     model = nn.Linear(1, 1).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True)
-    done, started = 0, time.perf_counter()
-    while done < steps:
-        for xb, yb in loader:
-            loss = F.mse_loss(model(xb.to(device)), yb.to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            done += 1
-            if done == steps:
-                break
-    sync(device)
-    return (time.perf_counter() - started) / steps
+
+    def batches():
+        while True:
+            for xb, yb in loader:
+                yield xb.to(device), yb.to(device)
+
+    return sgd_steps(model, batches(), steps, device)
 
 
 def plain_resident(n: int, batch: int, steps: int, device: str) -> float:
     """(b) The same loop on tensors already on the device, each batch cut by an index slice of a permutation."""
     x, y = data(n, device)
     model = nn.Linear(1, 1).to(device)
+
+    def batches():
+        while True:
+            for index in torch.randperm(len(x), device=device).split(batch):
+                yield x[index], y[index]
+
+    return sgd_steps(model, batches(), steps, device)
+
+
+def sgd_steps(model: nn.Module, batches, steps: int, device: str) -> float:
+    """Seconds per step of the textbook loop: forward, MSE, zero_grad, backward, SGD step."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    done, started = 0, time.perf_counter()
-    while done < steps:
-        for index in torch.randperm(len(x), device=device).split(batch):
-            loss = F.mse_loss(model(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            done += 1
-            if done == steps:
-                break
+    started = time.perf_counter()
+    for _, (xb, yb) in zip(range(steps), batches, strict=False):
+        loss = F.mse_loss(model(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
     sync(device)
     return (time.perf_counter() - started) / steps
 
