@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser
 
 from batchsize_lit.callbacks import Diverged, EarlyStopping
 from batchsize_lit.cli import BatchSizeCLI, format_error
@@ -197,12 +198,32 @@ def _init_worker(gpus: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(worker % gpus)
 
 
+class CellCLI(BatchSizeCLI):
+    """BatchSizeCLI for study cells: every cell of a process is parsed by one parser, built once.
+
+    Building a parser creates new classes inside jsonargparse that are never freed, so a parser per cell would
+    grow the process by every cell. Without load_from_checkpoint_support no per-CLI hook is registered on the
+    shared parser; the cells' checkpoints hold their hyperparameters as save_hyperparameters() recorded them.
+    """
+
+    shared_parser: LightningArgumentParser | None = None
+
+    def __init__(self, args: list[str]) -> None:
+        with warnings.catch_warnings():
+            # LightningCLI warns when args are given while sys.argv holds others: here those are the study's own.
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter", UserWarning)
+            super().__init__(args=args, run=False, load_from_checkpoint_support=False)
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        if CellCLI.shared_parser is None:
+            super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+            CellCLI.shared_parser = self.parser
+        self.parser = CellCLI.shared_parser
+
+
 def cell_cli(args: list[str]) -> BatchSizeCLI:
     """The LightningCLI of one cell: parsed, model, data and trainer built, nothing run."""
-    with warnings.catch_warnings():
-        # LightningCLI warns when args are given while sys.argv holds others: here those are the study's own.
-        warnings.filterwarnings("ignore", "LightningCLI's args parameter", UserWarning)
-        return BatchSizeCLI(args=args, run=False)
+    return CellCLI(args)
 
 
 def run_cell(cell: str, args: list[str], folder: Path) -> dict[str, Any]:

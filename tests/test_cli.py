@@ -192,3 +192,9 @@ def test_fit_on_gpu(tmp_path):
         next((tmp_path / "lightning_logs/b16/version_0/checkpoints").glob("best-*.ckpt")), weights_only=True
     )
     assert model.linear.weight.item() == pytest.approx(3.0, abs=0.15)
+
+
+def test_stacked_configs_and_print_config(capsys):
+    configs = ["--config", str(CONFIGS / "b16.yaml"), "--config", str(CONFIGS / "early_stopping.yaml")]
+    printed = help_text(capsys, *configs, "--print_config")
+    assert "batch_size: 64" in printed and "max_epochs: 50" in printed  # the later config wins
