@@ -130,7 +130,9 @@ def test_help_documents_every_data_and_model_key(capsys):
     ("args", "message"),
     [
         (["--data.batch_size=0"], "data.batch_size=0 must be a positive integer"),
-        (["--data.batch_size=abc"], 'Parser key "data.batch_size"'),
+        (["--data.batch_size=-4"], "data.batch_size=-4 must be a positive integer"),
+        (["--data.batch_size=abc"], "Parser key \"data.batch_size\": Expected a <class 'int'>. Got value: abc"),
+        (["--data.batch_size=2.5"], "Parser key \"data.batch_size\": Expected a <class 'int'>. Got value: 2.5"),
         (["--data.batch_size=900"], "data.batch_size=900 is larger than the training split"),
         (["--data.val_fraction=1.5"], "data.val_fraction=1.5 must be in [0, 1)"),
         (["--data.val_fraction=0.5", "--data.test_fraction=0.5"], "data.val_fraction=0.5 plus test_fraction=0.5"),
