@@ -92,10 +92,9 @@ def run_study(
     if not report_only:
         validate(cell_args)
         names = list(cell_args)
-        todo = [names[trial_index]] if trial_index is not None else names
-        if not redo:
-            todo = [cell for cell in todo if not (folder / cell / "result.json").is_file()]
-        skipped = len(names if trial_index is None else [names[trial_index]]) - len(todo)
+        selected = [names[trial_index]] if trial_index is not None else names
+        todo = selected if redo else [cell for cell in selected if not (folder / cell / "result.json").is_file()]
+        skipped = len(selected) - len(todo)
         if skipped:
             print(f"{skipped} cell(s) already done in {folder} (redo=true reruns them)")
         run_cells({cell: cell_args[cell] for cell in todo}, folder, jobs)
@@ -108,7 +107,7 @@ def run_study(
         print(f"{len(missing)} cell(s) have no result yet: {', '.join(missing)}")
     if not rows:
         return 1
-    report(rows, folder, grid)
+    report(rows, folder)
     return 1 if any(row["status"] == "failed" for row in rows) else 0
 
 
@@ -304,7 +303,7 @@ def progress_line(row: dict[str, Any]) -> str:
     return f"{row['cell']:<24} {row['status']:<8} {epochs} epochs  {val}  {row['seconds']:.1f} s"
 
 
-def report(rows: list[dict[str, Any]], folder: Path, grid: dict[str, list[Any]]) -> None:
+def report(rows: list[dict[str, Any]], folder: Path) -> None:
     """results.csv, the table, mean ± sd over seeds, and the plots."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "results.csv", "w", newline="") as file:
