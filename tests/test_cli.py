@@ -144,6 +144,7 @@ def test_help_documents_every_data_and_model_key(capsys):
         (["--data.batch_sise=3"], "unknown key data.batch_sise; did you mean batch_size?"),
         (["--early_stopping.patiense=3"], "did you mean --early_stopping.patience?"),
         (["--ckpt_path=missing.ckpt"], "ckpt_path='missing.ckpt' does not exist"),
+        (["--ckpt_path=last"], "ckpt_path='last': no last.ckpt under lightning_logs/b16"),
         (["--config=missing.yaml"], "missing.yaml"),
         (["--data.val_fraction=0"], "early_stopping.monitor='val_loss' is never logged: data.val_fraction=0.0"),
     ],

@@ -116,3 +116,9 @@ def test_facts_match_numpy_least_squares():
 def test_bad_values_name_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         RegressionDataModule(**kwargs)
+
+
+def test_worker_processes_serve_the_same_batches():
+    in_process, workers = make(batch_size=64), make(batch_size=64, num_workers=1)
+    for one, two in zip(in_process.train_dataloader(), workers.train_dataloader(), strict=True):
+        assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
