@@ -19,7 +19,25 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-class EarlyStopping(_EarlyStopping):
+def find_callback(trainer: pl.Trainer, kind: type) -> Any:
+    """The trainer's first callback of this class, or None."""
+    return next((callback for callback in trainer.callbacks if isinstance(callback, kind)), None)
+
+
+class _FixedStateKey:
+    """Lightning formats a callback's state_key for every hook call, several times a step; for these callbacks it
+    depends only on arguments that never change after __init__, so it is formatted once."""
+
+    _state_key: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        if self._state_key is None:
+            self._state_key = super().state_key
+        return self._state_key
+
+
+class EarlyStopping(_FixedStateKey, _EarlyStopping):
     """Lightning's EarlyStopping plus Keras' ``restore_best_weights``.
 
     The weights of the best monitored check are copied in memory, on the module's device, whenever the monitored
@@ -47,14 +65,6 @@ class EarlyStopping(_EarlyStopping):
         self.best_epoch: int | None = None
         self.restored = False
         self._validated_epoch = self._epoch = -1
-        self._state_key: str | None = None
-
-    @property
-    def state_key(self) -> str:
-        # Lightning formats this for every callback hook, several times a step; monitor and mode never change.
-        if self._state_key is None:
-            self._state_key = super().state_key
-        return self._state_key
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -94,7 +104,7 @@ class EarlyStopping(_EarlyStopping):
         self.best_epoch = state_dict.get("best_epoch")
 
 
-class ModelCheckpoint(_ModelCheckpoint):
+class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
     """Lightning's ModelCheckpoint keeping the best checkpoint, and a last.ckpt written at the end of every epoch.
 
     Lightning writes last.ckpt only when a top-k checkpoint is saved; here it follows every epoch, so that resuming
@@ -111,15 +121,7 @@ class ModelCheckpoint(_ModelCheckpoint):
             save_last: Also write last.ckpt at the end of every epoch.
             **kwargs: The other arguments of lightning.pytorch.callbacks.ModelCheckpoint.
         """
-        self._state_key: str | None = None
         super().__init__(monitor=monitor, filename=filename, save_last=save_last, **kwargs)
-
-    @property
-    def state_key(self) -> str:
-        # As for EarlyStopping: formatted for every callback hook, and fixed once the callback is built.
-        if self._state_key is None:
-            self._state_key = super().state_key
-        return self._state_key
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -192,7 +194,7 @@ class CurveLogger(pl.Callback):
             return
         mean = trainer.strategy.reduce(self._loss_sum / self._batches, reduce_op="mean")  # over DDP ranks
         self._check_finite(trainer, mean)
-        pl_module.log("train_loss_epoch", mean, sync_dist=True)  # already reduced; this keeps Lightning content
+        pl_module.log("train_loss_epoch", mean, sync_dist=True)  # already reduced; without it Lightning warns
         epoch = trainer.current_epoch + 1
         row = {"epoch": epoch, "step": trainer.global_step, "samples": self.samples, "train_loss": float(mean)}
         if self._val_loss is not None:

@@ -20,7 +20,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from batchsize_lit.callbacks import CurveLogger, Diverged, EarlyStopping, ModelCheckpoint
+from batchsize_lit.callbacks import CurveLogger, Diverged, EarlyStopping, ModelCheckpoint, find_callback
 from batchsize_lit.data import RegressionDataModule
 from batchsize_lit.model import LinearRegressor
 
@@ -126,19 +126,18 @@ class BatchSizeCLI(LightningCLI):
     def before_fit(self) -> None:
         data = self.datamodule
         if isinstance(data, RegressionDataModule) and data.n_val == 0:
-            for key, callback in (("early_stopping", EarlyStopping), ("checkpoint", ModelCheckpoint)):
-                callback = next((cb for cb in self.trainer.callbacks if isinstance(cb, callback)), None)
+            for key, kind in (("early_stopping", EarlyStopping), ("checkpoint", ModelCheckpoint)):
+                callback = find_callback(self.trainer, kind)
                 if callback is not None and (callback.monitor or "").startswith("val"):
                     raise ValueError(
                         f"{key}.monitor={callback.monitor!r} is never logged: data.val_fraction="
                         f"{data.hparams.val_fraction} leaves no validation split"
                     )
         self._started = time.perf_counter()
-        if isinstance(data, RegressionDataModule) and hasattr(self.model, "effective_lr"):
-            lr, limit = self.model.effective_lr(), data.facts()["lr_max_stable"]
-            if lr >= limit and self.trainer.is_global_zero:
-                print(f"warning: lr {lr:.4g} is at or above this data's stable limit 2/λ_max = {limit:.4g}: "
-                      "SGD will diverge", file=sys.stderr)  # fmt: skip
+        lr, limit = self._lr_and_limit()
+        if limit is not None and lr >= limit and self.trainer.is_global_zero:
+            print(f"warning: lr {lr:.4g} is at or above this data's stable limit 2/λ_max = {limit:.4g}: "
+                  "SGD will diverge", file=sys.stderr)  # fmt: skip
         self.log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks, here
         self._new_run = self.log_dir is not None and not Path(self.log_dir).exists()
         if self.log_dir and self.trainer.is_global_zero:  # a resumed run rewrites its own config.yaml
@@ -160,11 +159,17 @@ class BatchSizeCLI(LightningCLI):
                 if parent.is_dir() and not any(parent.iterdir()):
                     parent.rmdir()
 
-    def _divergence_cause(self) -> str:
+    def _lr_and_limit(self) -> tuple[float | None, float | None]:
+        """The learning rate in use and this data's stable limit 2/λ_max, where the model and data say them."""
         model, data = getattr(self, "model", None), getattr(self, "datamodule", None)
         if not isinstance(data, RegressionDataModule) or not hasattr(model, "effective_lr"):
+            return None, None
+        return model.effective_lr(), data.facts()["lr_max_stable"]
+
+    def _divergence_cause(self) -> str:
+        lr, limit = self._lr_and_limit()
+        if limit is None:
             return "the learning rate is likely too high; lower model.lr"
-        lr, limit = model.effective_lr(), data.facts()["lr_max_stable"]
         if lr >= limit:
             return f"lr {lr:.4g} is above this data's stability limit 2/λ_max = {limit:.4g}; lower model.lr"
         return f"lr {lr:.4g} is below the stability limit {limit:.4g}, so look at the data and the model"
@@ -179,7 +184,7 @@ class BatchSizeCLI(LightningCLI):
     def summary(self, seconds: float) -> str:
         """The end-of-fit report: how and why it stopped, the best epoch, the weights against the optimum."""
         trainer, curves = self.trainer, self.curves
-        stopper = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping)), None)
+        stopper = find_callback(trainer, EarlyStopping)
         epochs, max_epochs = len(curves.history), trainer.max_epochs
         if stopper is not None and stopper.stopped_epoch:
             why = f"early stop at epoch {stopper.stopped_epoch + 1} (patience {stopper.patience})"

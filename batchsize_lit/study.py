@@ -20,7 +20,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser
 
-from batchsize_lit.callbacks import Diverged, EarlyStopping
+from batchsize_lit.callbacks import Diverged, find_callback
 from batchsize_lit.cli import BatchSizeCLI, format_error
 from batchsize_lit.model import global_batch_size
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget, fit_critical_batch
@@ -143,7 +143,7 @@ def validate(cell_args: dict[str, list[str]]) -> None:
     for cell, args in cell_args.items():
         try:
             if parser is None:  # the first cell builds the parser, and so is checked in full
-                parser = cell_cli(args).parser
+                parser = CellCLI(args).parser
             parser.instantiate_classes(parser.parse_args(args))
         except (ArgumentError, ValueError) as error:
             raise ValueError(f"cell {cell}: {format_error(error)}") from None
@@ -220,17 +220,12 @@ class CellCLI(BatchSizeCLI):
         self.parser = CellCLI.shared_parser
 
 
-def cell_cli(args: list[str]) -> BatchSizeCLI:
-    """The LightningCLI of one cell: parsed, model, data and trainer built, nothing run."""
-    return CellCLI(args)
-
-
 def run_cell(cell: str, args: list[str], folder: Path) -> dict[str, Any]:
     """Fit one cell, test it, and write its result.json; a diverged cell is recorded, not raised."""
     for logger_name in ("lightning.pytorch", "lightning.fabric"):  # also in worker processes
         logging.getLogger(logger_name).setLevel(logging.WARNING)
     started = time.perf_counter()
-    cli = cell_cli(args)
+    cli = CellCLI(args)  # parsed; model, data and trainer built
     status = "ok"
     try:
         cli.before_fit()
@@ -246,8 +241,7 @@ def run_cell(cell: str, args: list[str], folder: Path) -> dict[str, Any]:
         test_loss = metrics[0].get("test_loss") if metrics else None
     row = result_row(cli, cell, status, time.perf_counter() - started, test_loss)
     (folder / cell).mkdir(parents=True, exist_ok=True)
-    stopper = next((cb for cb in cli.trainer.callbacks if isinstance(cb, EarlyStopping)), None)
-    result = {"row": row, "history": cli.curves.history, "early_stopped": bool(stopper and stopper.stopped_epoch)}
+    result = {"row": row, "history": cli.curves.history}
     (folder / cell / "result.json").write_text(json.dumps(result, indent=1))
     return row
 
@@ -255,8 +249,7 @@ def run_cell(cell: str, args: list[str], folder: Path) -> dict[str, Any]:
 def result_row(cli: Any, cell: str, status: str, seconds: float, test_loss: float | None) -> dict[str, Any]:
     """One results.csv row from a finished cell's CLI object."""
     trainer, model, curves = cli.trainer, cli.model, cli.curves
-    target = next((cb for cb in trainer.callbacks if isinstance(cb, StepsToTarget)), None)
-    noise = next((cb for cb in trainer.callbacks if isinstance(cb, GradientNoiseScale)), None)
+    target, noise = find_callback(trainer, StepsToTarget), find_callback(trainer, GradientNoiseScale)
     data_hp = getattr(cli.datamodule, "hparams", {})
     best = curves.best()
     best_epoch = next((r["epoch"] for r in curves.history if best is not None and r.get(curves.monitor) == best), None)
