@@ -1,27 +1,22 @@
-"""EarlyStopping that restores the best weights, a last.ckpt kept current, and the curves a study compares."""
+"""EarlyStopping that restores the best weights, a last.ckpt kept current, the run history and the divergence stop."""
 
 import os
 import sys
-from typing import Any
+import warnings
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _EarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint as _ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor
 
-from batchsize_lit.model import global_batch_size
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-def find_callback(trainer: pl.Trainer, kind: type) -> Any:
-    """The trainer's first callback of this class, or None."""
-    return next((callback for callback in trainer.callbacks if isinstance(callback, kind)), None)
+from batchsize_lit.errors import Diverged
+from batchsize_lit.problem import reference_facts
+from batchsize_lit.trainer_info import batch_size, global_batch_size, learning_rate, steps_per_epoch
 
 
 class _FixedStateKey:
@@ -42,7 +37,8 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
 
     The weights of the best monitored check are copied in memory, on the module's device, whenever the monitored
     metric improves. When training ends, by early stop or at max_epochs, they are loaded back into the module.
-    The copy and its epoch are part of the callback's checkpoint state, so they survive a resume.
+    The copy and its epoch are part of the callback's checkpoint state, so they survive a resume, and resuming a
+    run that already stopped early ends at once with the same weights.
     """
 
     def __init__(
@@ -50,6 +46,7 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
         monitor: str = "val_loss",
         patience: int | None = 3,
         restore_best_weights: bool = True,
+        check_on_train_epoch_end: bool | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -57,38 +54,54 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
             monitor: Logged metric to watch.
             patience: Validation checks with no improvement before training stops; null never stops early.
             restore_best_weights: Load the weights of the best check back into the module when training ends.
+            check_on_train_epoch_end: Check at the end of the training epoch rather than after validation; by
+                default, when validation runs once at the end of every epoch.
             **kwargs: The other arguments of lightning.pytorch.callbacks.EarlyStopping.
         """
-        super().__init__(monitor=monitor, patience=sys.maxsize if patience is None else patience, **kwargs)
+        patience = sys.maxsize if patience is None else patience
+        super().__init__(monitor, patience=patience, check_on_train_epoch_end=check_on_train_epoch_end, **kwargs)
         self.restore_best_weights = restore_best_weights
+        self.check_at_epoch_end = check_on_train_epoch_end
         self.best_weights: dict[str, Tensor] | None = None
         self.best_epoch: int | None = None
         self.restored = False
-        self._validated_epoch = self._epoch = -1
+        self._validated_epoch = -1
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.check_at_epoch_end is None:  # Lightning's own rule for when it checks
+            self.check_at_epoch_end = trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stopped_epoch:  # resumed from a run that had already stopped early: nothing left to train
+            trainer.should_stop = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._validated_epoch = trainer.current_epoch
-        super().on_validation_end(trainer, pl_module)
+        if not self.check_at_epoch_end:
+            self._check(trainer, pl_module, super().on_validation_end)
 
-    def _validate_condition_metric(self, logs: dict[str, Tensor]) -> bool:
-        if self.monitor not in logs and self._validated_epoch != self._epoch:
-            return False  # no validation yet this epoch (max_steps ended it early): nothing to check
-        if self.monitor not in logs and self.strict:
-            raise ValueError(
-                f"early_stopping.monitor={self.monitor!r} is never logged; logged metrics: {', '.join(logs) or 'none'}"
-            )
-        return super()._validate_condition_metric(logs)
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.check_at_epoch_end:
+            self._check(trainer, pl_module, super().on_train_epoch_end)
 
-    def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
-        self._epoch = trainer.current_epoch
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, parent_hook: Any) -> None:
+        """Lightning's check, with a clear error for a monitor that is never logged, then the best-weights copy."""
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        if self.monitor not in trainer.callback_metrics:
+            cut_short = trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
+            if cut_short and self._validated_epoch != trainer.current_epoch:
+                return  # the epoch ended before its validation: nothing to check
+            if self.strict:
+                raise ValueError(never_logged("early_stopping.monitor", self.monitor, trainer))
         best_before = self.best_score
-        super()._run_early_stopping_check(trainer)
-        if self.best_score is not best_before:  # the parent replaces best_score only on an improvement
+        parent_hook(trainer, pl_module)
+        if self.best_score is not best_before:  # Lightning replaces best_score only on an improvement
             self.best_epoch = trainer.current_epoch
             if self.restore_best_weights:
-                state = trainer.lightning_module.state_dict()
-                self.best_weights = {name: value.detach().clone() for name, value in state.items()}
+                self.best_weights = {name: value.detach().clone() for name, value in pl_module.state_dict().items()}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights and self.best_weights is not None:
@@ -104,34 +117,57 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
         self.best_epoch = state_dict.get("best_epoch")
 
 
+def never_logged(key: str, metric: str, trainer: pl.Trainer) -> str:
+    """The one-line error for a monitored metric that the model does not log."""
+    logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
+    no_val = sum(trainer.num_val_batches or [0]) == 0 if isinstance(trainer.num_val_batches, list) else False
+    hint = "; the data has no validation batches" if no_val else ""
+    return f"{key}={metric!r} is never logged (logged: {logged}){hint}"
+
+
 class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
-    """Lightning's ModelCheckpoint keeping the best checkpoint, and a last.ckpt written at the end of every epoch.
+    """Lightning's ModelCheckpoint keeping the best checkpoint, and with ``save_last: true`` a last.ckpt written at the
+    end of every training epoch.
 
     Lightning writes last.ckpt only when a top-k checkpoint is saved; here it follows every epoch, so that resuming
-    from it continues exactly where training stopped.
+    from it continues exactly where training stopped. ``save_last: link`` and ``false`` behave as in Lightning.
     """
 
     def __init__(
-        self, monitor: str | None = "val_loss", filename: str | None = "best-{epoch}", save_last: bool = True, **kwargs
+        self,
+        monitor: str | None = "val_loss",
+        filename: str | None = "best-{epoch}",
+        save_last: bool | Literal["link"] | None = True,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
             monitor: Logged metric that picks the best checkpoint.
             filename: Name pattern of the best checkpoint.
-            save_last: Also write last.ckpt at the end of every epoch.
+            save_last: true writes last.ckpt at the end of every epoch; link and false as in Lightning.
             **kwargs: The other arguments of lightning.pytorch.callbacks.ModelCheckpoint.
         """
-        super().__init__(monitor=monitor, filename=filename, save_last=save_last, **kwargs)
+        self.last_every_epoch = save_last is True
+        super().__init__(
+            monitor=monitor, filename=filename, save_last=None if save_last is True else save_last, **kwargs
+        )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        with warnings.catch_warnings():
+            if self.dirpath is None:  # the run's own folder: not empty only when --ckpt_path last resumes it there
+                warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.last_every_epoch and self.dirpath and not trainer.fast_dev_run and not trainer.sanity_checking:
+            self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+            trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
-            if self.last_model_path:
+            if self.last_model_path and os.path.isfile(self.last_model_path):
                 epoch = torch.load(self.last_model_path, map_location="cpu", weights_only=True)["epoch"] + 1
                 where = f"{self.last_model_path} holds the end of epoch {epoch}; resume with --ckpt_path last"
             else:
@@ -139,66 +175,92 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
             print(f"Interrupted in epoch {trainer.current_epoch + 1}: {where}", file=sys.stderr)
 
 
-class CurveLogger(pl.Callback):
-    """Logs the mean train loss per epoch and val_loss on epoch and samples-seen axes, and stops on divergence.
+class RunHistory(pl.Callback):
+    """One row per epoch: the mean train loss, the monitored metric, steps and samples seen; for any model.
 
-    Runs of different batch sizes take different numbers of steps per epoch, so their global_step curves do not
-    line up; ``by_epoch/*`` and ``by_samples/*`` do. The train loss of an epoch is the mean over its batches of the
-    batch loss, summed on the device, so no step waits for the host. At the end of fit the hparams tab gets the
-    run's batch sizes, lr and max_epochs against its best val_loss.
+    The train loss is what ``training_step`` returns, summed on the device, so no step waits for the host. The
+    callback logs it as ``train_loss_step`` (every ``log_every_n_steps``) and ``train_loss_epoch`` unless the model
+    logs a ``train_loss`` itself. Runs of different batch sizes take different numbers of steps per epoch, so their
+    global_step curves do not line up; the ``by_epoch/*`` and ``by_samples/*`` scalars do. At the end of fit the
+    hparams tab gets the run's batch sizes, lr and max_epochs against the best monitored value.
     """
 
-    def __init__(self, monitor: str = "val_loss") -> None:
-        self.monitor = monitor
+    def __init__(
+        self, monitor: str = "val_loss", mode: Literal["min", "max"] = "min", log_every_epoch: bool = True
+    ) -> None:
+        """
+        Args:
+            monitor: Metric recorded per epoch and reported as the run's best; follows early_stopping.monitor.
+            mode: Whether lower (min) or higher (max) is better; follows early_stopping.mode.
+            log_every_epoch: Lower trainer.log_every_n_steps to the number of steps in an epoch where an epoch is
+                shorter, so that every epoch logs its step values.
+        """
+        self.monitor, self.mode, self.log_every_epoch = monitor, mode, log_every_epoch
         self.history: list[dict[str, float]] = []
         self.samples = 0
         self._loss_sum: Tensor | None = None
         self._batches = 0
-        self._val_loss: float | None = None
+        self._value: float | None = None
+        self._before: Any = None
+        self._logs_train_loss: bool | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "samples": self.samples}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = state_dict["history"]
-        self.samples = state_dict["samples"]
+        self.history, self.samples = state_dict["history"], state_dict["samples"]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.log_every_epoch:
+            steps = steps_per_epoch(trainer, pl_module)
+            if steps is not None and 0 < steps < trainer.log_every_n_steps:
+                trainer.log_every_n_steps = steps
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._loss_sum, self._batches, self._val_loss = None, 0, None
+        self._loss_sum, self._batches, self._value = None, 0, None
+        self._before = trainer.callback_metrics.get(self.monitor)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
+        first = batch[0] if isinstance(batch, list | tuple) else None
+        size = first.shape[0] if isinstance(first, Tensor) else extract_batch_size(batch)
+        self.samples += size * trainer.world_size
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
-        if self._loss_sum is None:
-            self._loss_sum = loss.clone()
-        else:
-            self._loss_sum += loss
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, Tensor):
+            return
+        loss = loss.detach()
+        self._loss_sum = loss.clone() if self._loss_sum is None else self._loss_sum.add_(loss)
         self._batches += 1
-        first = batch[0] if isinstance(batch, list | tuple) else None
-        size = first.shape[0] if isinstance(first, Tensor) else extract_batch_size(batch)
-        self.samples += size * trainer.world_size
-        if trainer.log_every_n_steps and trainer.global_step % trainer.log_every_n_steps == 0:
-            self._check_finite(trainer, self._loss_sum)
+        if self._logs_train_loss is None:  # a model that logs its own train_loss keeps it
+            self._logs_train_loss = not any(key.startswith("train_loss") for key in trainer.callback_metrics)
+        if self._logs_train_loss and trainer.log_every_n_steps and trainer.global_step % trainer.log_every_n_steps == 0:
+            for logger in trainer.loggers:
+                logger.log_metrics({"train_loss_step": float(loss)}, step=trainer.global_step)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         value = trainer.callback_metrics.get(self.monitor)
-        if value is not None:
-            self._val_loss = float(value)
-            self._write(trainer, f"{self.monitor}", self._val_loss, trainer.current_epoch + 1)
+        if value is not None and value is not self._before:  # logged by this validation, not left from an earlier one
+            self._value = float(value)
+            self._write(trainer, self.monitor, self._value, trainer.current_epoch + 1)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._loss_sum is None:
             return
         mean = trainer.strategy.reduce(self._loss_sum / self._batches, reduce_op="mean")  # over DDP ranks
-        self._check_finite(trainer, mean)
-        pl_module.log("train_loss_epoch", mean, sync_dist=True)  # already reduced; without it Lightning warns
+        if self._logs_train_loss:
+            pl_module.log("train_loss_epoch", mean, sync_dist=True)  # already reduced; without it Lightning warns
         epoch = trainer.current_epoch + 1
         row = {"epoch": epoch, "step": trainer.global_step, "samples": self.samples, "train_loss": float(mean)}
-        if self._val_loss is not None:
-            row[self.monitor] = self._val_loss
+        if self._value is None and self.monitor == "train_loss_epoch":
+            self._value = row["train_loss"]
+            self._write(trainer, self.monitor, self._value, epoch)
+        if self._value is not None:
+            row[self.monitor] = self._value
         self.history.append(row)
         self._write(trainer, "train_loss", row["train_loss"], epoch)
 
@@ -207,14 +269,15 @@ class CurveLogger(pl.Callback):
             **pl_module.hparams,
             **(getattr(trainer.datamodule, "hparams", None) or {}),
             "seed_everything": os.environ.get("PL_GLOBAL_SEED"),
+            "batch_size": batch_size(trainer),
             "global_batch_size": global_batch_size(trainer),
+            "lr_effective": learning_rate(trainer),
             "max_epochs": trainer.max_epochs,
         }
-        if hasattr(pl_module, "effective_lr"):
-            params["lr_effective"] = pl_module.effective_lr()
-        metrics = {f"hp/{self.monitor}_best": self.best(), "hp/train_loss": self.last("train_loss")}
-        metrics = {key: value for key, value in metrics.items() if value is not None}
         params = {key: value for key, value in params.items() if not key.startswith("_")}  # LightningCLI's own
+        best = self.best()
+        metrics = {f"hp/{self.monitor}_best": best[0] if best else None, "hp/train_loss": self.last("train_loss")}
+        metrics = {key: value for key, value in metrics.items() if value is not None}
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(params, metrics)
@@ -222,10 +285,14 @@ class CurveLogger(pl.Callback):
                 logger.log_hyperparams(params)
                 logger.log_metrics(metrics, step=trainer.global_step)
 
-    def best(self) -> float | None:
-        """The lowest monitored value seen, or None without validation."""
-        values = [row[self.monitor] for row in self.history if self.monitor in row]
-        return min(values) if values else None
+    def best(self) -> tuple[float, int] | None:
+        """The best monitored value and its epoch (1-based), or None if it was never logged."""
+        rows = [row for row in self.history if self.monitor in row]
+        if not rows:
+            return None
+        pick = min if self.mode == "min" else max
+        row = pick(rows, key=lambda r: r[self.monitor])
+        return row[self.monitor], int(row["epoch"])
 
     def last(self, key: str) -> float | None:
         return self.history[-1].get(key) if self.history else None
@@ -235,9 +302,69 @@ class CurveLogger(pl.Callback):
             logger.log_metrics({f"by_epoch/{name}": value}, step=epoch)
             logger.log_metrics({f"by_samples/{name}": value}, step=self.samples)
 
-    @staticmethod
-    def _check_finite(trainer: pl.Trainer, value: Tensor) -> None:
-        if not torch.isfinite(value):
-            raise Diverged(
-                f"train loss became {float(value)} in epoch {trainer.current_epoch + 1} at step {trainer.global_step}"
-            )
+
+class DivergenceCheck(pl.Callback):
+    """Stops training with an explanation once the train loss is NaN or infinite, and warns before training when the
+    learning rate is at or above the problem's ``lr_max_stable`` reference fact."""
+
+    def __init__(self, every_n_steps: int | None = None) -> None:
+        """
+        Args:
+            every_n_steps: Steps between checks of the train loss (each check waits for the device); by default
+                log_every_n_steps. The last step of every epoch is checked too.
+        """
+        self.every_n_steps = every_n_steps
+        self._limit: float | None = None
+        self._loss: Tensor | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._limit = reference_facts(trainer.datamodule, pl_module).get("lr_max_stable")
+        lr = learning_rate(trainer)
+        if self._limit is not None and lr is not None and lr >= self._limit and trainer.is_global_zero:
+            print(f"warning: lr {lr:.4g} is at or above this problem's stable limit lr_max_stable = "
+                  f"{self._limit:.4g}: SGD will diverge", file=sys.stderr)  # fmt: skip
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self._loss = loss.detach() if isinstance(loss, Tensor) else None
+        every = self.every_n_steps or trainer.log_every_n_steps or 1
+        if self._loss is not None and trainer.global_step % every == 0:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._loss is not None:
+            self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if bool(torch.isfinite(self._loss)):
+            return
+        lr = learning_rate(trainer)
+        if lr is None or self._limit is None:
+            cause = "the learning rate is likely too high; lower it"
+        elif lr >= self._limit:
+            cause = f"lr {lr:.4g} is above this problem's stability limit lr_max_stable = {self._limit:.4g}; lower it"
+        else:
+            cause = f"lr {lr:.4g} is below the stability limit {self._limit:.4g}, so look at the data and the model"
+        raise Diverged(
+            f"train loss became {float(self._loss)} in epoch {trainer.current_epoch + 1} at step {trainer.global_step}."
+            f" Likely cause: {cause}"
+        )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, then renames it into place: a write cut off by a kill
+    or a full disk leaves the previous checkpoint whole, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path) or storage_options is not None:  # remote file systems: Lightning's own write
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        temporary = f"{path}.tmp{os.getpid()}"
+        try:
+            torch.save(checkpoint, temporary)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)

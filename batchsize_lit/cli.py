@@ -1,28 +1,23 @@
-"""The LightningCLI: defaults, early stopping and checkpoints, TensorBoard, the run summary and clean errors."""
+"""The LightningCLI: defaults, the declared callbacks, run folders, checkpoint checks and the end-of-fit summary."""
 
-import difflib
-import importlib
-import inspect
-import itertools
 import os
 import re
 import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from jsonargparse import ArgumentError
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from batchsize_lit.callbacks import CurveLogger, Diverged, EarlyStopping, ModelCheckpoint, find_callback
-from batchsize_lit.data import RegressionDataModule
-from batchsize_lit.model import LinearRegressor
+from batchsize_lit.callbacks import AtomicCheckpointIO, DivergenceCheck, EarlyStopping, ModelCheckpoint, RunHistory
+from batchsize_lit.errors import BAD_INPUT, bad_yaml, did_you_mean
+from batchsize_lit.problem import reference_facts, run_report
+from batchsize_lit.trainer_info import find_callback
 
 # Lightning's own batch flattening builds a torch LeafSpec, which torch>=2.10 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, "lightning")
@@ -35,11 +30,36 @@ DEFAULT_LOGGER = {
 }
 
 
-class BatchSizeCLI(LightningCLI):
-    """LightningCLI with this template's callbacks, logger and end-of-fit summary."""
+def config_stem(config: Any, default: str) -> str:
+    """The file name, without extension, of the last --config given: what a run or a study is named after."""
+    paths = config.get("config") or []
+    return Path(str(paths[-1])).stem if paths else default
 
-    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
-        # Any LightningModule and LightningDataModule can be given by class_path; these two are the defaults.
+
+class BatchSizeCLI(LightningCLI):
+    """LightningCLI for any LightningModule and LightningDataModule, given by class_path, with early stopping that
+    restores the best weights, checkpoints, the run history, a divergence check, TensorBoard and a summary.
+
+    Args:
+        model_class: The model used when the config names none.
+        datamodule_class: The data module used when the config names none.
+        args: Command-line arguments, as for LightningCLI; by default sys.argv.
+        run: Run the subcommand, as for LightningCLI.
+        **kwargs: Other LightningCLI arguments.
+    """
+
+    def __init__(
+        self,
+        model_class: type[LightningModule] | None = None,
+        datamodule_class: type[LightningDataModule] | None = None,
+        args: Any = None,
+        run: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.default_classes = {"model": model_class, "data": datamodule_class}
+        self.parsers: list[LightningArgumentParser] = []
+        self.log_dir: str | None = None
+        self._claimed: Path | None = None
         kwargs.setdefault("model_class", LightningModule)
         kwargs.setdefault("datamodule_class", LightningDataModule)
         kwargs.setdefault("subclass_mode_model", True)
@@ -49,67 +69,81 @@ class BatchSizeCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "prog": "batchsize-lit", "epilog": STUDY_HINT})
         # config.yaml is written by before_fit, for fit only: a callback would cost every training step a call.
         kwargs.setdefault("save_config_callback", None)
-        self.curves = CurveLogger()
         try:
             super().__init__(args=args, run=run, **kwargs)
-        except Diverged as error:
-            error.args = (f"{error}. Likely cause: {self._divergence_cause()}",)
+        except BAD_INPUT:
+            self.remove_new_run()
             raise
-        except ValueError:
-            self._remove_new_run()
-            raise
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        self.parsers.append(parser)  # every parser, the subcommands' too, for suggestions on unknown keys
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "model": {"class_path": "batchsize_lit.LinearRegressor"},
-                "data": {"class_path": "batchsize_lit.RegressionDataModule"},
-            }
-        )
+        parser.add_lightning_class_args(RunHistory, "history")
+        parser.add_lightning_class_args(DivergenceCheck, "divergence")
+        # The monitored metric is one setting: the history, summary, study and hparams tab follow early stopping's.
+        parser.link_arguments("early_stopping.monitor", "history.monitor")
+        parser.link_arguments("early_stopping.mode", "history.mode")
+        defaults = {key: {"class_path": f"{c.__module__}.{c.__qualname__}"} for key, c in self.default_classes.items()}
+        parser.set_defaults({key: value for key, value in defaults.items() if self.default_classes[key] is not None})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:
             if "Problems parsing config" in str(error):
-                raise ArgumentError(None, _locate_bad_yaml(args) or str(error)) from None
+                raise ArgumentError(None, bad_yaml(args) or str(error)) from None
             unknown = re.search(r"unrecognized arguments: --([\w.]+)", str(error))
             if unknown:
-                parsers = [parser, *getattr(self, "_subcommand_parsers", {}).values()]
-                known = {name.lstrip("-") for p in parsers for name in p._option_string_actions}
-                close = difflib.get_close_matches(unknown.group(1), known, n=1)
-                if close:
-                    raise ArgumentError(None, f"{error}; did you mean --{close[0]}?") from None
+                known = {key for p in self.parsers for key in p.get_defaults().keys()}  # noqa: SIM118
+                hint = did_you_mean(unknown.group(1), known, prefix="--")
+                if hint:
+                    raise ArgumentError(None, f"{error}{hint}") from None
             raise
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         logger = config.trainer.logger
-        if hasattr(logger, "init_args") and logger.init_args.get("name") is None:  # the run is named after its config
-            paths = config.get("config") or []
-            logger.init_args.name = Path(str(paths[-1])).stem if paths else "default"
+        tensorboard = hasattr(logger, "init_args") and "TensorBoardLogger" in str(logger.class_path)
+        if tensorboard and logger.init_args.get("name") is None:  # the run is named after its config
+            logger.init_args.name = config_stem(config, "default")
         if config.get("weights_only", False) is None:  # checkpoints hold tensors and plain data only
             config.weights_only = True
+        stopping, checkpoint = config.get("early_stopping"), config.get("checkpoint")
+        if stopping and checkpoint and checkpoint.monitor == "val_loss" and stopping.monitor != "val_loss":
+            checkpoint.monitor, checkpoint.mode = stopping.monitor, stopping.get("mode", "min")  # follow, unless set
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last" and self.subcommand == "fit":
             config.ckpt_path = self._resume_in_place(logger)
-        elif ckpt_path and ckpt_path not in ("best", "last", "hpc", "registry") and not Path(ckpt_path).is_file():
-            raise ValueError(f"ckpt_path={ckpt_path!r} does not exist")
-        elif ckpt_path and self.subcommand != "fit" and _is_run_checkpoint(ckpt_path, logger):
-            run = Path(os.path.relpath(ckpt_path)).parent.parent  # evaluate into the run the checkpoint came from
-            logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
-            logger.init_args.version = run.name
+        elif ckpt_path and ckpt_path not in ("best", "last", "hpc", "registry"):
+            check_checkpoint(ckpt_path)
+            if self.subcommand != "fit" and tensorboard and _is_run_checkpoint(ckpt_path):
+                run = Path(os.path.relpath(ckpt_path)).parent.parent  # evaluate into the run the checkpoint came from
+                logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
+                logger.init_args.version = run.name
+        if tensorboard and self.subcommand == "fit" and logger.init_args.get("version") is None:
+            logger.init_args.version = self._claim_run(Path(logger.init_args.save_dir, logger.init_args.name))
 
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = self._get(self.config_init, "trainer", default={})
-        trainer = super().instantiate_trainer(**kwargs)
-        if config.get("log_every_n_steps") is None and isinstance(self.datamodule, RegressionDataModule):
-            # Lightning warns when an epoch has fewer batches than the interval: log at least once an epoch.
-            trainer.log_every_n_steps = min(50, self.datamodule.batches_per_epoch(trainer.world_size))
-        trainer.callbacks.insert(0, self.curves)  # first, so train_loss_epoch is logged before others read it
-        return trainer
+    def _claim_run(self, parent: Path) -> str:
+        """A new version_N folder, made with exclusive creation so that runs started at once never share one."""
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            versions = [int(p.name[8:]) for p in parent.glob("version_*") if p.name[8:].isdigit()]
+            version = max(versions, default=-1) + 1
+            while True:
+                try:
+                    (parent / f"version_{version}").mkdir()
+                    break
+                except FileExistsError:
+                    version += 1
+        except OSError as error:
+            raise ValueError(f"cannot write the log folder {parent}: {error.strerror or error}") from None
+        self._claimed = parent / f"version_{version}"
+        return f"version_{version}"
 
     def _resume_in_place(self, logger: Any) -> str:
         """`--ckpt_path last`: the newest run of this name that has a last.ckpt, continued in its own folder."""
@@ -120,59 +154,42 @@ class BatchSizeCLI(LightningCLI):
         )
         if not runs:
             raise ValueError(f"ckpt_path='last': no last.ckpt under {Path(init.save_dir, init.name)}")
-        init.version = int(runs[-1].parts[-3].split("_")[1])
+        check_checkpoint(str(runs[-1]), "ckpt_path='last'")
+        init.version = runs[-1].parts[-3]
         return str(runs[-1])
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: write checkpoints atomically
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
     def before_fit(self) -> None:
-        data = self.datamodule
-        if isinstance(data, RegressionDataModule) and data.n_val == 0:
-            for key, kind in (("early_stopping", EarlyStopping), ("checkpoint", ModelCheckpoint)):
-                callback = find_callback(self.trainer, kind)
-                if callback is not None and (callback.monitor or "").startswith("val"):
-                    raise ValueError(
-                        f"{key}.monitor={callback.monitor!r} is never logged: data.val_fraction="
-                        f"{data.hparams.val_fraction} leaves no validation split"
-                    )
         self._started = time.perf_counter()
-        lr, limit = self._lr_and_limit()
-        if limit is not None and lr >= limit and self.trainer.is_global_zero:
-            print(f"warning: lr {lr:.4g} is at or above this data's stable limit 2/λ_max = {limit:.4g}: "
-                  "SGD will diverge", file=sys.stderr)  # fmt: skip
         self.log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks, here
-        self._new_run = self.log_dir is not None and not Path(self.log_dir).exists()
         if self.log_dir and self.trainer.is_global_zero:  # a resumed run rewrites its own config.yaml
             Path(self.log_dir).mkdir(parents=True, exist_ok=True)
             config = self.config[self.subcommand] if self.subcommand else self.config
-            parser = self._parser(self.subcommand)
+            parser = self.parser
+            if self.subcommand:  # the subcommand parsers are made after the main one, in this order
+                parser = dict(zip(self.subcommands(), self.parsers[1:], strict=True))[self.subcommand]
             parser.save(config, Path(self.log_dir, "config.yaml"), skip_unset=False, overwrite=True)
 
     def after_fit(self) -> None:
+        self._claimed = None  # the run is complete: nothing to remove
         if self.trainer.is_global_zero:
             print(self.summary(time.perf_counter() - self._started))
 
-    def _remove_new_run(self) -> None:
-        """Bad input found once fit had begun: leave no half-written run folder behind."""
-        if getattr(self, "_new_run", False) and self.trainer.is_global_zero:
-            run = Path(self.log_dir)
-            shutil.rmtree(run, ignore_errors=True)
-            for parent in run.parents[:2]:  # <name>/ and lightning_logs/, if this run made them
-                if parent.is_dir() and not any(parent.iterdir()):
-                    parent.rmdir()
-
-    def _lr_and_limit(self) -> tuple[float | None, float | None]:
-        """The learning rate in use and this data's stable limit 2/λ_max, where the model and data say them."""
-        model, data = getattr(self, "model", None), getattr(self, "datamodule", None)
-        if not isinstance(data, RegressionDataModule) or not hasattr(model, "effective_lr"):
-            return None, None
-        return model.effective_lr(), data.facts()["lr_max_stable"]
-
-    def _divergence_cause(self) -> str:
-        lr, limit = self._lr_and_limit()
-        if limit is None:
-            return "the learning rate is likely too high; lower model.lr"
-        if lr >= limit:
-            return f"lr {lr:.4g} is above this data's stability limit 2/λ_max = {limit:.4g}; lower model.lr"
-        return f"lr {lr:.4g} is below the stability limit {limit:.4g}, so look at the data and the model"
+    def remove_new_run(self) -> None:
+        """Bad input found once the run folder was made: leave no half-written run folder behind."""
+        trainer = getattr(self, "trainer", None)
+        if self._claimed is None or (trainer is not None and not trainer.is_global_zero):
+            return
+        shutil.rmtree(self._claimed, ignore_errors=True)
+        for parent in self._claimed.parents[:2]:  # <name>/ and lightning_logs/, if this run made them
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+        self._claimed = None
 
     def after_predict(self) -> None:
         predictions = self.trainer.predict_loop.predictions
@@ -182,10 +199,11 @@ class BatchSizeCLI(LightningCLI):
             print(f"{len(values)} predictions: {head}{', ...' if len(values) > 5 else ''}")
 
     def summary(self, seconds: float) -> str:
-        """The end-of-fit report: how and why it stopped, the best epoch, the weights against the optimum."""
-        trainer, curves = self.trainer, self.curves
+        """The end-of-fit report: how and why it stopped, the best epoch, what the model and data add."""
+        trainer = self.trainer
+        history = find_callback(trainer, RunHistory)
         stopper = find_callback(trainer, EarlyStopping)
-        epochs, max_epochs = len(curves.history), trainer.max_epochs
+        epochs, max_epochs = len(history.history), trainer.max_epochs
         if stopper is not None and stopper.stopped_epoch:
             why = f"early stop at epoch {stopper.stopped_epoch + 1} (patience {stopper.patience})"
         elif max_epochs is not None and epochs >= max_epochs > 0:
@@ -194,94 +212,48 @@ class BatchSizeCLI(LightningCLI):
             why = "stopped by max_steps, max_time or a callback"
         of_max = f" of {max_epochs}" if max_epochs is not None and max_epochs > 0 else ""
         lines = [f"Fit finished: {epochs}{of_max} epochs, {why}."]
-        best = curves.best()
+        best = history.best()
         if best is not None:
-            best_epoch = min((row for row in curves.history if curves.monitor in row), key=lambda r: r[curves.monitor])
-            lines.append(f"  best {curves.monitor} {best:.5f} at epoch {best_epoch['epoch']}")
+            lines.append(f"  best {history.monitor} {best[0]:.5g} at epoch {best[1]}")
+        else:
+            lines.append(f"  {history.monitor} was never logged")
         if stopper is not None and stopper.restored:
             lines.append(f"  weights restored to the best epoch, {stopper.best_epoch + 1}")
         else:
             lines.append("  weights are those of the last epoch (not restored)")
-        if isinstance(self.model, LinearRegressor) and isinstance(self.datamodule, RegressionDataModule):
-            facts, hp = self.datamodule.facts(), self.datamodule.hparams
-            w, b = self.model.linear.weight.item(), self.model.linear.bias.item()
-            lines += [
-                f"  learned        w = {w:.4f}  b = {b:+.4f}",
-                f"  true           w = {hp.slope:.4f}  b = {hp.intercept:+.4f}",
-                f"  least squares  w = {facts['lsq_weight']:.4f}  b = {facts['lsq_bias']:+.4f}"
-                f"  (train MSE {facts['lsq_train_mse']:.5f})",
-                f"  noise floor noise_std² = {facts['noise_floor']:.5f}",
-                f"  max stable lr 2/λ_max = {facts['lr_max_stable']:.3f} (lr used {self.model.effective_lr():.4g})",
-            ]
-        lines.append(f"  {trainer.global_step} steps, {curves.samples} samples seen, {seconds:.1f} s")
+        facts = reference_facts(self.datamodule, self.model)
+        lines += [f"  {line}" for line in run_report(facts, self.model, self.datamodule).lines]
+        lines.append(f"  {trainer.global_step} steps, {history.samples} samples seen, {seconds:.1f} s")
         if self.log_dir:
             lines.append(f"  run folder: {self.log_dir}")
             lines.append(f"  tensorboard --logdir {Path(self.log_dir).parent}")
         return "\n".join(lines)
 
 
-def _is_run_checkpoint(ckpt_path: str, logger: Any) -> bool:
+def check_checkpoint(path: str, key: str | None = None) -> None:
+    """A clear error for a checkpoint that is missing or cannot be read, naming an older one that can."""
+    key = key or f"ckpt_path={path!r}"
+    if not Path(path).is_file():
+        raise ValueError(f"{key} does not exist")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # a truncated or foreign file; torch raises several kinds
+        reason = " ".join(str(error).split())[:120]
+        others = sorted(Path(path).parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        usable = next((str(p) for p in others if str(p) != str(path) and _readable(p)), None)
+        hint = f"; {usable} can be used instead" if usable else ""
+        raise ValueError(f"{key}: {path} cannot be read, it may be truncated ({reason}){hint}") from None
+
+
+def _readable(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return True
+    except Exception:
+        return False
+
+
+def _is_run_checkpoint(ckpt_path: str) -> bool:
     """Whether the checkpoint sits in a TensorBoard run folder: <save_dir>/<name>/<version>/checkpoints/."""
     path = Path(ckpt_path)
-    return hasattr(logger, "init_args") and path.parent.name == "checkpoints" and len(path.parents) >= 4
-
-
-def _locate_bad_yaml(args: Any) -> str | None:
-    """Name the --config file that is not valid YAML, and where."""
-    args = list(args or sys.argv[1:]) if not isinstance(args, dict) else []
-    paths = [b for a, b in itertools.pairwise(args) if a in ("-c", "--config")]
-    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    for path in paths:
-        if Path(path).is_file():
-            try:
-                yaml.safe_load(Path(path).read_text())
-            except yaml.YAMLError as error:
-                mark = getattr(error, "problem_mark", None)
-                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                return f"--config {path} is not valid YAML{where}: {getattr(error, 'problem', error)}"
-    return None
-
-
-def format_error(error: BaseException) -> str:
-    """The error as one line. A subclass-typed key (model, data) fails as a Union of the class and None in
-    jsonargparse; keep only what the class itself said, under its key."""
-    text = " ".join(str(error).split())
-    union = re.match(
-        r'(?:Parser key "(\w+)": )?Does not validate against any of the Union subtypes.*?Errors: - (.*?)'
-        r" - Expected a <class 'NoneType'>",
-        text,
-    )
-    if not union:
-        return text
-    group, inner = union.group(1) or "", union.group(2)
-    class_path = re.match(r"Problem with given class_path '([\w.]+)': (.*)", inner)
-    if class_path:
-        inner = class_path.group(2)
-        inner = re.sub(r'^Parser key "([^"]+)"', lambda m: f'Parser key "{group}.{m.group(1)}"', inner)
-        unknown = re.match(r"Option '(\w+)' is not accepted", inner)
-        if unknown:
-            inner = f"unknown key {group}.{unknown.group(1)}{_suggest(unknown.group(1), class_path.group(1))}"
-    return inner
-
-
-def _suggest(name: str, class_path: str) -> str:
-    module, _, attr = class_path.rpartition(".")
-    known = inspect.signature(getattr(importlib.import_module(module), attr)).parameters
-    close = difflib.get_close_matches(name, known, n=1)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-def main(args: list[str] | None = None) -> None:
-    """Entry point of ``python -m batchsize_lit`` and ``batchsize-lit``."""
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["study"]:
-        from batchsize_lit.study import main as study_main
-
-        return study_main(argv[1:])
-    try:
-        BatchSizeCLI(args=args)
-    except (ArgumentError, ValueError, MisconfigurationException, Diverged) as error:
-        if os.environ.get("JSONARGPARSE_DEBUG"):
-            raise
-        prefix = "training diverged: " if isinstance(error, Diverged) else ""
-        sys.exit(f"error: {prefix}{format_error(error)}")
+    return path.parent.name == "checkpoints" and len(path.parents) >= 4

@@ -10,8 +10,11 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from batchsize_lit.problem import RunReport
+from batchsize_lit.trainer_info import learning_rate
 
-class TensorDataset(Dataset):
+
+class InMemoryDataset(Dataset):
     """Tensors held in memory; a batch is cut from them by one index tensor, with no per-sample Python work."""
 
     def __init__(self, *tensors: Tensor) -> None:
@@ -165,6 +168,7 @@ class RegressionDataModule(pl.LightningDataModule):
             f"is larger than the training split ({self.n_train} of n_samples={n_samples})",
         )
         self.train_set = self.val_set = self.test_set = None
+        self._facts: dict[str, float] | None = None
 
     def batches_per_epoch(self, world_size: int = 1) -> int:
         """Optimizer steps per epoch: ceil(n_train / batch_size) on one device; each DDP rank gets 1/world_size."""
@@ -184,29 +188,47 @@ class RegressionDataModule(pl.LightningDataModule):
         order = torch.randperm(self.hparams.n_samples, generator=generator)
         return order.split([self.n_train, self.n_val, self.n_test])
 
-    def facts(self) -> dict[str, float]:
+    def reference_facts(self) -> dict[str, float]:
         """What the training split implies, computed from it: least squares, noise floor, Hessian, stable lr.
 
         For the mean squared error of w·x + b the Hessian is H = 2·[[E x², E x], [E x, 1]], the same at every
         (w, b); plain SGD on this quadratic converges only for lr < 2/λ_max(H).
         """
-        x, y = self.generate()
-        train = self.split_indices()[0]
-        x, y = x[train].double().squeeze(1), y[train].double().squeeze(1)
-        design = torch.stack([x, torch.ones_like(x)], dim=1)
-        w, b = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1).tolist()
-        residual = y - (w * x + b)
-        hessian = 2 * design.T @ design / len(x)
-        eigenvalues = torch.linalg.eigvalsh(hessian).tolist()
-        return {
-            "lsq_weight": w,
-            "lsq_bias": b,
-            "lsq_train_mse": float(residual.pow(2).mean()),
-            "noise_floor": self.hparams.noise_std**2,
-            "hessian_eig_min": eigenvalues[0],
-            "hessian_eig_max": eigenvalues[1],
-            "lr_max_stable": 2 / eigenvalues[1],
-        }
+        if self._facts is None:
+            hp = self.hparams
+            x, y = self.generate()
+            train, val, _ = self.split_indices()
+            xt, yt = x[train].double().squeeze(1), y[train].double().squeeze(1)
+            design = torch.stack([xt, torch.ones_like(xt)], dim=1)
+            w, b = torch.linalg.lstsq(design, yt.unsqueeze(1)).solution.squeeze(1).tolist()
+            eigenvalues = torch.linalg.eigvalsh(2 * design.T @ design / len(xt)).tolist()
+            xv, yv = x[val].double().squeeze(1), y[val].double().squeeze(1)
+            self._facts = {
+                "true_weight": hp.slope,
+                "true_bias": hp.intercept,
+                "lsq_weight": w,
+                "lsq_bias": b,
+                "lsq_train_mse": float((yt - (w * xt + b)).pow(2).mean()),
+                "noise_floor": hp.noise_std**2,
+                "hessian_eig_min": eigenvalues[0],
+                "hessian_eig_max": eigenvalues[1],
+                "lr_max_stable": 2 / eigenvalues[1],
+            }
+            if len(val):
+                self._facts["val_loss_at_optimum"] = float((yv - (w * xv + b)).pow(2).mean())
+        return dict(self._facts)
+
+    def run_report(self, facts: dict[str, float]) -> RunReport:
+        """The noise floor, and the stable learning-rate limit against the rate in use."""
+        lr = learning_rate(self.trainer) if self.trainer is not None else None
+        used = f" (lr used {lr:.4g})" if lr is not None else ""
+        return RunReport(
+            {},
+            [
+                f"noise floor noise_std² = {facts['noise_floor']:.5f}",
+                f"max stable lr 2/λ_max = {facts['lr_max_stable']:.3f}{used}",
+            ],
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -219,11 +241,11 @@ class RegressionDataModule(pl.LightningDataModule):
             self.device = self.trainer.strategy.root_device  # moved once, so no step copies data to the device
         x, y = x.to(self.device), y.to(self.device)
         train, val, test = self.split_indices()
-        self.train_set = TensorDataset(x[train], y[train])
-        self.val_set = TensorDataset(x[val], y[val])
-        self.test_set = TensorDataset(x[test], y[test])
+        self.train_set = InMemoryDataset(x[train], y[train])
+        self.val_set = InMemoryDataset(x[val], y[val])
+        self.test_set = InMemoryDataset(x[test], y[test])
 
-    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: InMemoryDataset, shuffle: bool) -> DataLoader:
         # seed_everything sets PL_GLOBAL_SEED; Lightning seeds its DistributedSampler from it in the same way.
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         sampler = EpochShuffleSampler(dataset, seed=seed) if shuffle else SequentialSampler(dataset)

@@ -9,17 +9,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError
 
-
-def global_batch_size(trainer: pl.Trainer) -> int | None:
-    """Samples per optimizer step over all devices: batch_size × world_size × accumulate_grad_batches."""
-    batch_size = getattr(trainer.datamodule, "hparams", {}).get("batch_size")
-    if batch_size is None:
-        return None
-    return batch_size * trainer.world_size * trainer.accumulate_grad_batches
+from batchsize_lit.problem import RunReport
+from batchsize_lit.trainer_info import global_batch_size
 
 
 class LinearRegressor(pl.LightningModule):
-    """y ≈ w·x + b, one weight and one bias, trained with SGD on MSE."""
+    """y ≈ w·x + b, one weight and one bias, trained with SGD on MSE.
+
+    It logs as any model may: the template logs the train loss, per step and as the epoch mean, from what
+    ``training_step`` returns, so the model logs only its validation and test metrics, once an epoch.
+    """
 
     def __init__(
         self,
@@ -47,6 +46,10 @@ class LinearRegressor(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(x)
 
+    def loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch
+        return F.mse_loss(self(x), y)
+
     def effective_lr(self) -> float:
         """The learning rate after lr_scaling, for this trainer's global batch size."""
         lr, scaling = self.hparams.lr, self.hparams.lr_scaling
@@ -60,17 +63,12 @@ class LinearRegressor(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.effective_lr())
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        loss = F.mse_loss(self(x), y)
-        # The logger writes step values every log_every_n_steps only, and self.log costs more than this whole step.
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train_loss_step", loss)
-        return loss
+        return self.loss(batch)
 
     def on_train_epoch_end(self) -> None:
         # The same on every DDP rank; sync_dist only states that they are one value.
-        self.log("weight", self.linear.weight.detach().squeeze(), sync_dist=True)
-        self.log("bias", self.linear.bias.detach().squeeze(), sync_dist=True)
+        weights = {"weight": self.linear.weight.detach().squeeze(), "bias": self.linear.bias.detach().squeeze()}
+        self.log_dict(weights, sync_dist=True)
 
     # The metrics accumulate in each step and are logged once an epoch: a self.log call costs about a
     # millisecond on CPU, several times a validation batch of this model.
@@ -90,3 +88,16 @@ class LinearRegressor(pl.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self(batch[0])
+
+    def run_report(self, facts: dict[str, float]) -> RunReport:
+        """The learned weight and bias, against the true ones and the least-squares fit where the data gives them."""
+        w, b = self.linear.weight.item(), self.linear.bias.item()
+        lines = [f"learned        w = {w:.4f}  b = {b:+.4f}"]
+        if "true_weight" in facts:
+            lines.append(f"true           w = {facts['true_weight']:.4f}  b = {facts['true_bias']:+.4f}")
+        if "lsq_weight" in facts:
+            lines.append(
+                f"least squares  w = {facts['lsq_weight']:.4f}  b = {facts['lsq_bias']:+.4f}"
+                f"  (train MSE {facts['lsq_train_mse']:.5f})"
+            )
+        return RunReport({"weight": w, "bias": b}, lines)

@@ -1,4 +1,4 @@
-"""Loss curves of a study's cells against epochs, optimizer steps and samples seen."""
+"""Charts of a study from plain rows: loss curves by epoch, step and samples, and steps to target by batch size."""
 
 import itertools
 from pathlib import Path
@@ -21,16 +21,16 @@ def mean_curve(histories: list[list[dict[str, float]]], x: str) -> tuple[list[fl
     return xs, ys
 
 
-def plot_curves(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """train_loss_by_epoch.png (one line per cell, seeds averaged) and train_loss_by_step_and_samples.png."""
-    from batchsize_lit.study import seed_groups
+def plot_curves(curves: list[dict[str, Any]], folder: Path, floor: float | None = None) -> list[Path]:
+    """train_loss_by_epoch.png and train_loss_by_step_and_samples.png: one line per curve, its histories averaged.
 
-    groups = {
-        cell: [row["history"] for row in members if row["history"]] for cell, members in seed_groups(rows).items()
-    }
-    groups = {cell: histories for cell, histories in groups.items() if histories}
-    floors = {row["noise_floor"] for row in rows if row.get("noise_floor") is not None}
-    floor = floors.pop() if len(floors) == 1 else None  # drawn only when every cell shares it
+    Args:
+        curves: Each a dict with ``name`` and ``histories``: lists of per-epoch rows with epoch, step, samples and
+            train_loss (the seeds of one setting).
+        folder: Where the PNG files go.
+        floor: A loss floor to draw as a dashed line, if the problem has one.
+    """
+    groups = {curve["name"]: curve["histories"] for curve in curves if curve["histories"]}
     paths = []
     for name, axes in [("train_loss_by_epoch", ["epoch"]), ("train_loss_by_step_and_samples", ["step", "samples"])]:
         figure, panels = plt.subplots(1, len(axes), figsize=(6.4 * len(axes), 4.4), squeeze=False)
@@ -41,11 +41,11 @@ def plot_curves(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
                 xs, ys = mean_curve(histories, x)
                 panel.plot(xs, ys, marker=marker, markersize=4, markevery=max(1, len(xs) // 20), label=cell)
             if floor is not None:
-                panel.axhline(floor, color="gray", linestyle="--", label="noise floor noise_std²")
+                panel.axhline(floor, color="gray", linestyle="--", label="noise floor")
             panel.set_yscale("log")
             panel.set_xlabel(AXES[x])
             panel.xaxis.set_major_locator(MaxNLocator(integer=True))
-            panel.set_ylabel("mean train loss of the epoch (MSE)")
+            panel.set_ylabel("mean train loss of the epoch")
             if x == "samples":
                 panel.set_xscale("log")
             panel.grid(True, which="both", alpha=0.3)

@@ -1,44 +1,101 @@
 """Batch-size science: gradient noise scale, steps to a validation target, and the critical batch size."""
 
 import math
-from typing import Any
+import statistics
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.data import extract_batch_size
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jacrev, vmap
+from torch.utils.data import DataLoader, Subset
 
-from batchsize_lit.data import RegressionDataModule
-from batchsize_lit.model import LinearRegressor
+from batchsize_lit.callbacks import RunHistory
+from batchsize_lit.problem import HasLoss, reference_facts
+from batchsize_lit.trainer_info import batch_size, find_callback
 
 
 def exact_noise_scale(x: Tensor, y: Tensor, weight: float, bias: float) -> dict[str, float]:
-    """B_simple and B_noise of y ≈ w·x + b under the mean squared error, from every per-example gradient.
+    """B_simple and B_noise of y ≈ w·x + b under the mean squared error, in closed form.
 
-    For example i, r_i = w·x_i + b − y_i and g_i = 2·r_i·(x_i, 1). G is their mean and Σ their covariance over the
-    training split (sampling an example uniformly from it); H = 2·[[E x², E x], [E x, 1]] is the Hessian.
-    B_simple = tr Σ / |G|² and B_noise = tr(HΣ) / (GᵀHG) (McCandlish et al. 2018). Both assume batches drawn with
-    replacement. Shuffled epochs draw without replacement, which scales the batch-gradient covariance by
-    (N − B)/(N − 1); the batch size at which its noise equals |G|² is then N·B_simple / (B_simple + N − 1),
-    reported as b_simple_finite.
+    For example i, r_i = w·x_i + b − y_i and g_i = 2·r_i·(x_i, 1); H = 2·[[E x², E x], [E x, 1]]. It is the
+    reference that the general per-example path (``per_example_noise_scale``) is checked against.
     """
     x, y = x.double().flatten(), y.double().flatten()
     features = torch.stack([x, torch.ones_like(x)], dim=1)
     gradients = 2 * (weight * x + bias - y).unsqueeze(1) * features
+    return _noise_scale(gradients, 2 * features.T @ features / len(x), len(x))
+
+
+def _noise_scale(gradients: Tensor, hessian_matrix: Tensor | None, population: int) -> dict[str, float]:
+    """B_simple = tr Σ / |G|² and, given H, B_noise = tr(HΣ) / (GᵀHG), from per-example gradients (rows).
+
+    Both assume batches drawn with replacement. Shuffled epochs draw without replacement from N examples, which
+    scales the batch-gradient covariance by (N − B)/(N − 1); the batch size at which its noise equals |G|² is then
+    N·B_simple / (B_simple + N − 1), reported as b_simple_finite.
+    """
     mean = gradients.mean(0)
     centered = gradients - mean
-    sigma = centered.T @ centered / len(x)
-    hessian = 2 * features.T @ features / len(x)
-    b_simple = float(torch.trace(sigma) / mean.dot(mean))
-    n = len(x)
-    return {
+    trace_sigma = float(centered.pow(2).sum(1).mean())
+    grad_norm_sq = float(mean.dot(mean))
+    b_simple = trace_sigma / grad_norm_sq
+    result = {
         "b_simple": b_simple,
-        "b_noise": float(torch.trace(hessian @ sigma) / (mean @ hessian @ mean)),
-        "b_simple_finite": n * b_simple / (b_simple + n - 1),
-        "grad_norm_sq": float(mean.dot(mean)),
-        "trace_sigma": float(torch.trace(sigma)),
+        "b_simple_finite": population * b_simple / (b_simple + population - 1),
+        "grad_norm_sq": grad_norm_sq,
+        "trace_sigma": trace_sigma,
     }
+    if hessian_matrix is not None:
+        sigma = centered.T @ centered / len(gradients)
+        result["b_noise"] = float(torch.trace(hessian_matrix @ sigma) / (mean @ hessian_matrix @ mean))
+    return result
+
+
+class _LossOf(nn.Module):
+    """Makes a module's ``loss(batch)`` the forward of a module, so torch.func can call it with other parameters."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.module.loss(batch)
+
+
+def per_example_noise_scale(module: nn.Module, batch: Any, population: int | None = None, max_hessian: int = 256):
+    """B_simple (and B_noise for models of at most ``max_hessian`` parameters) from exact per-example gradients.
+
+    The gradients come from ``torch.func``: ``vmap(grad(loss))`` over the examples of ``batch``, each as a batch of
+    one, in float64. ``module.loss`` must be a pure function of the parameters and the batch (see HasLoss).
+
+    Args:
+        module: A module with a ``loss(batch)`` method.
+        batch: The examples, as the module's loader yields them (tensors with the examples along dimension 0).
+        population: Size of the data set the examples stand for; by default their number.
+        max_hessian: Largest parameter count for which the Hessian, and so B_noise, is computed.
+    """
+    wrapper = _LossOf(module)
+    names = [name for name, p in wrapper.named_parameters() if p.requires_grad]
+    params = {name: p.detach().double() for name, p in wrapper.named_parameters() if p.requires_grad}
+    batch = _map_tensors(lambda t: t.double() if t.is_floating_point() else t, batch)
+
+    def loss(p: dict[str, Tensor], data: Any) -> Tensor:
+        return functional_call(wrapper, p, (data,))
+
+    def one(p: dict[str, Tensor], example: Any) -> Tensor:
+        return loss(p, _map_tensors(lambda t: t.unsqueeze(0), example))
+
+    with torch.enable_grad():
+        per_example = vmap(grad(one), in_dims=(None, 0))(params, batch)
+    gradients = torch.cat([per_example[name].flatten(1) for name in names], dim=1)
+    hessian_matrix = None
+    if gradients.shape[1] <= max_hessian:
+        blocks = jacrev(jacrev(loss))(params, batch)  # reverse over reverse: no forward-mode decompositions
+        hessian_matrix = torch.cat(
+            [torch.cat([blocks[a][b].reshape(params[a].numel(), params[b].numel()) for b in names], 1) for a in names]
+        )
+    return _noise_scale(gradients, hessian_matrix, population or len(gradients))
 
 
 class TwoBatchEstimator:
@@ -71,55 +128,110 @@ class TwoBatchEstimator:
         return self.trace_sigma / self.grad_norm_sq
 
 
-class GradientNoiseScale(pl.Callback):
-    """Logs the gradient noise scale under ``gns/`` in TensorBoard.
+def _map_tensors(fn: Any, batch: Any) -> Any:
+    """The batch with ``fn`` applied to each of its tensors, in tuples, lists and dicts."""
+    if isinstance(batch, Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return {key: _map_tensors(fn, value) for key, value in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_map_tensors(fn, value) for value in batch)
+    return batch
 
-    Which estimator runs:
-    - LinearRegressor on RegressionDataModule: the exact B_simple, B_noise and b_simple_finite from all the
-      per-example gradients of the training split at the current weights (see exact_noise_scale), at the end
-      of every epoch and, if every_n_steps is set, every that many steps.
-    - Any other model, with accumulate_grad_batches ≥ 2: the two-batch estimator of B_simple (TwoBatchEstimator),
-      comparing each micro-batch's gradient with the accumulated one, logged at every optimizer step that
-      ends an accumulation window. Under DDP the gradients are already averaged over devices, so the two batch
-      sizes are world_size times the micro-batch and the accumulated batch.
-    - Otherwise nothing is logged, and the callback says so once.
+
+def _first_tensor(batch: Any) -> Tensor:
+    """The first tensor of a batch, to count its examples."""
+    if isinstance(batch, Tensor):
+        return batch
+    values = batch.values() if isinstance(batch, dict) else batch
+    return next(_first_tensor(value) for value in values)
+
+
+def _concatenate(batches: list[Any]) -> Any:
+    """The batches of a loader joined into one batch: tensors concatenated along dimension 0, in order."""
+    first = batches[0]
+    if isinstance(first, Tensor):
+        return torch.cat(batches)
+    if isinstance(first, dict):
+        return {key: _concatenate([b[key] for b in batches]) for key in first}
+    if isinstance(first, list | tuple):
+        return type(first)(_concatenate(list(parts)) for parts in zip(*batches, strict=True))
+    return first
+
+
+def _examples(loader: DataLoader, limit: int | None) -> tuple[Any, int]:
+    """A fixed set of the loader's examples as one batch (at most ``limit``, a seeded random subset), and N."""
+    dataset = loader.dataset
+    population = len(dataset)
+    indices = list(range(population))
+    if limit is not None and population > limit:
+        indices = torch.randperm(population, generator=torch.Generator().manual_seed(0))[:limit].sort().values.tolist()
+    plain = DataLoader(Subset(dataset, indices), batch_size=512, collate_fn=loader.collate_fn)
+    return _concatenate(list(plain)), population
+
+
+class GradientNoiseScale(pl.Callback):
+    """Logs the gradient noise scale B_simple = tr Σ / |G|² under ``gns/`` in TensorBoard, for any model.
+
+    Which estimator runs, said once at the start:
+    - per_example: the model has a ``loss(batch)`` method (see batchsize_lit.problem.HasLoss). Exact per-example
+      gradients by ``torch.func`` over the training split, or a fixed random subset of ``max_examples`` of it, at
+      the end of every epoch and, if every_n_steps is set, every that many steps. Small models get B_noise too.
+    - two_batch: otherwise, with accumulate_grad_batches ≥ 2. The unbiased two-batch estimator
+      (TwoBatchEstimator), comparing each micro-batch's gradient with the accumulated one at every optimizer step.
+      Under DDP the gradients are already averaged over devices, so the two batch sizes are world_size times the
+      micro-batch and the accumulated batch.
+    - none: neither applies; nothing is logged.
     """
 
-    def __init__(self, every_n_steps: int | None = None, ema: float = 0.95) -> None:
+    def __init__(self, every_n_steps: int | None = None, max_examples: int | None = 4096, ema: float = 0.95) -> None:
         """
         Args:
-            every_n_steps: Also log the exact values every this many optimizer steps (linear model only).
+            every_n_steps: Also measure every this many optimizer steps (per-example estimator only).
+            max_examples: Most training examples the per-example estimator uses; null uses them all.
             ema: Smoothing of the two-batch estimator's numerator and denominator, per optimizer step.
         """
-        self.every_n_steps = every_n_steps
+        self.every_n_steps, self.max_examples = every_n_steps, max_examples
         self.estimator = TwoBatchEstimator(ema)
+        self.method: Literal["per_example", "two_batch", "none"] = "none"
         self.last: dict[str, float] = {}
-        self.exact = False
+        self._examples: Any = None
+        self._population = 0
         self._previous: Tensor | None = None
         self._micro_sq: list[float] = []
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.exact = isinstance(pl_module, LinearRegressor) and isinstance(trainer.datamodule, RegressionDataModule)
-        if not self.exact and trainer.accumulate_grad_batches < 2 and stage == "fit":
-            rank_zero_info("GradientNoiseScale: set trainer.accumulate_grad_batches >= 2 to estimate it for this model")
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if isinstance(pl_module, HasLoss):
+            self.method = "per_example"
+            self._examples, self._population = _examples(trainer.train_dataloader, self.max_examples)
+            used = len(_first_tensor(self._examples))
+            rank_zero_info(f"GradientNoiseScale: per-example gradients over {used} of {self._population} examples")
+        elif trainer.accumulate_grad_batches >= 2:
+            self.method = "two_batch"
+            rank_zero_info("GradientNoiseScale: the two-batch estimator (the model has no loss(batch) method)")
+        else:
+            rank_zero_info(
+                "GradientNoiseScale: nothing to measure; give the model a loss(batch) method, "
+                "or set trainer.accumulate_grad_batches >= 2"
+            )
 
-    def log_exact(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        x, y = trainer.datamodule.train_set.tensors
-        linear = pl_module.linear
-        self.last = exact_noise_scale(x, y, linear.weight.item(), linear.bias.item())
-        for logger in trainer.loggers:
-            logger.log_metrics({f"gns/{key}": value for key, value in self.last.items()}, step=trainer.global_step)
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Measure now, log under gns/, and return the values (per-example estimator; else the latest values)."""
+        if self.method == "per_example":
+            self.last = per_example_noise_scale(pl_module, self._examples, self._population)
+            for logger in trainer.loggers:
+                logger.log_metrics({f"gns/{key}": value for key, value in self.last.items()}, step=trainer.global_step)
+        return dict(self.last)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.exact:
-            self.log_exact(trainer, pl_module)
+        self.measure(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.exact and self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self.log_exact(trainer, pl_module)
+        if self.method == "per_example" and self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.measure(trainer, pl_module)
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.exact or trainer.accumulate_grad_batches < 2:
+        if self.method != "two_batch":
             return
         accumulated = _flat_grad(pl_module)
         previous = self._previous if self._previous is not None else torch.zeros_like(accumulated)
@@ -129,11 +241,12 @@ class GradientNoiseScale(pl.Callback):
         self._previous = accumulated.clone()
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        if self.exact or not self._micro_sq:
+        if self.method != "two_batch" or len(self._micro_sq) < 2:  # an epoch's last window can be a single batch
+            self._previous, self._micro_sq = None, []
             return
-        batch_size = getattr(trainer.datamodule, "hparams", {}).get("batch_size")
-        if batch_size is not None:
-            small = batch_size * trainer.world_size
+        size = batch_size(trainer)
+        if size is not None:
+            small = size * trainer.world_size
             big = small * len(self._micro_sq)
             big_sq = float(_flat_grad(pl_module).pow(2).sum())
             self.estimator.update(sum(self._micro_sq) / len(self._micro_sq), small, big_sq, big)
@@ -149,74 +262,85 @@ def _flat_grad(module: torch.nn.Module) -> Tensor:
 
 
 class StepsToTarget(pl.Callback):
-    """Records the first optimizer step, and sample count, from which val_loss stays at or under a target.
+    """Records the first optimizer step, and samples seen, from which a monitored metric stays at its target.
 
-    For LinearRegressor on RegressionDataModule the target defaults to (1 + tolerance) × the validation MSE of the
-    training split's least-squares fit, and the validation MSE is computed exactly every check_every_n_steps
-    steps (a few µs for this model). For other models give ``target``; the logged val_loss is checked after
-    each validation. With ``stop`` the run ends once the target has held for ``hold`` checks.
+    The target is ``target``, or else (1 + tolerance) × (for mode max, (1 − tolerance) ×) the reference fact
+    ``<monitor>_at_optimum`` that the problem provides (see batchsize_lit.problem). The metric is checked after
+    each validation; with ``every_n_steps`` the model's ``loss(batch)`` over the whole validation data stands for
+    it every that many steps instead. If a GradientNoiseScale callback runs, B_simple is measured at the moment
+    the target is reached. With ``stop`` the run ends once the target has held for ``hold`` checks.
     """
 
     def __init__(
         self,
-        tolerance: float = 0.05,
+        monitor: str = "val_loss",
+        mode: Literal["min", "max"] = "min",
         target: float | None = None,
-        check_every_n_steps: int = 1,
+        tolerance: float = 0.05,
+        every_n_steps: int | None = None,
         stop: bool = True,
         hold: int = 20,
     ) -> None:
         """
         Args:
-            tolerance: Relative margin over the least-squares validation MSE that counts as reached.
-            target: An absolute val_loss target instead, for other models and data.
-            check_every_n_steps: Steps between exact checks (linear model).
+            monitor: Logged metric that must reach the target, e.g. val_loss or val_acc.
+            mode: min, reached at or under the target; max, at or over it.
+            target: The value to reach; by default from the problem's ``<monitor>_at_optimum`` and tolerance.
+            tolerance: Relative margin around ``<monitor>_at_optimum`` that counts as reached.
+            every_n_steps: Evaluate the model's loss(batch) on the validation data every this many steps, in place
+                of the logged monitor (a loss monitor only).
             stop: End training once the target has held for ``hold`` consecutive checks.
-            hold: Consecutive checks at or under the target before stopping.
+            hold: Consecutive checks at the target before stopping.
         """
-        self.tolerance, self.target, self.check_every_n_steps = tolerance, target, check_every_n_steps
-        self.stop, self.hold = stop, hold
+        self.monitor, self.mode, self.target, self.tolerance = monitor, mode, target, tolerance
+        self.every_n_steps, self.stop, self.hold = every_n_steps, stop, hold
         self.reached_step: int | None = None
         self.reached_samples: int | None = None
+        self.b_simple_at_target: float | None = None
         self._held = 0
-        self._samples = 0
-        self._val: tuple[Tensor, Tensor] | None = None
+        self._val: Any = None
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        data = trainer.datamodule
-        if isinstance(pl_module, LinearRegressor) and isinstance(data, RegressionDataModule) and data.n_val:
-            data.setup(stage)
-            self._val = data.val_set.tensors
-            if self.target is None:
-                facts = data.facts()
-                x, y = (t.double().flatten() for t in self._val)
-                lsq_val = float((facts["lsq_weight"] * x + facts["lsq_bias"] - y).pow(2).mean())
-                self.target = (1 + self.tolerance) * lsq_val
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.target is None:
+            reference = reference_facts(trainer.datamodule, pl_module).get(f"{self.monitor}_at_optimum")
+            if reference is None:
+                raise ValueError(
+                    f"StepsToTarget(monitor={self.monitor!r}) needs a target: this problem gives no "
+                    f"{self.monitor}_at_optimum"
+                )
+            self.target = reference * (1 + self.tolerance if self.mode == "min" else 1 - self.tolerance)
+        if self.every_n_steps:
+            if not isinstance(pl_module, HasLoss):
+                raise ValueError("StepsToTarget.every_n_steps needs a model with a loss(batch) method")
+            source = trainer.datamodule if trainer.datamodule is not None else pl_module
+            self._val = _concatenate(list(source.val_dataloader()))
 
-    def _check(self, trainer: pl.Trainer, value: float) -> None:
-        if value <= self.target:
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, value: float) -> None:
+        if value <= self.target if self.mode == "min" else value >= self.target:
             if self.reached_step is None:
-                self.reached_step, self.reached_samples = trainer.global_step, self._samples
+                history = find_callback(trainer, RunHistory)
+                self.reached_step, self.reached_samples = trainer.global_step, history.samples if history else None
+                gns = find_callback(trainer, GradientNoiseScale)
+                self.b_simple_at_target = gns.measure(trainer, pl_module).get("b_simple") if gns else None
             self._held += 1
             if self.stop and self._held >= self.hold:
                 trainer.should_stop = True
         else:
-            self.reached_step = self.reached_samples = None  # it must stay reached
+            self.reached_step = self.reached_samples = self.b_simple_at_target = None  # it must stay reached
             self._held = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._samples += extract_batch_size(batch) * trainer.world_size
-        if self._val is not None and trainer.global_step % self.check_every_n_steps == 0:
-            x, y = self._val
+        if self._val is not None and trainer.global_step % self.every_n_steps == 0:
             with torch.no_grad():
-                self._check(trainer, float(torch.nn.functional.mse_loss(pl_module(x), y)))
+                self._check(trainer, pl_module, float(pl_module.loss(self._val)))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        value = trainer.callback_metrics.get("val_loss")
-        if self._val is None and self.target is not None and value is not None and not trainer.sanity_checking:
-            self._check(trainer, float(value))
+        value = trainer.callback_metrics.get(self.monitor)
+        if self._val is None and value is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._check(trainer, pl_module, float(value))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = {"target/val_loss": self.target}
+        metrics = {f"target/{self.monitor}": self.target}
         if self.reached_step is not None:
             metrics.update({"target/steps": self.reached_step, "target/samples": self.reached_samples})
         for logger in trainer.loggers:
@@ -235,3 +359,29 @@ def fit_critical_batch(batch_sizes: list[float], steps: list[float]) -> dict[str
     (s_min, slope) = torch.linalg.lstsq(design, torch.ones_like(s).unsqueeze(1)).solution.flatten().tolist()
     b_crit = slope / s_min if s_min > 0 else math.inf
     return {"b_crit": b_crit, "s_min": s_min, "e_min": s_min * b_crit}
+
+
+def critical_batch(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Steps to target against batch size, at each batch size's best lr, and the fit of S = S_min·(1 + B_crit/B).
+
+    For each (batch size, lr) the steps are averaged over seeds, counting only settings where every seed reached
+    the target; the best lr is the one with the fewest mean steps. Returns None with fewer than 3 batch sizes.
+    """
+    runs: dict[tuple[float, float], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") == "ok" and row.get("global_batch_size"):
+            runs.setdefault((row["global_batch_size"], row["lr_effective"]), []).append(row)
+    best: dict[float, dict[str, Any]] = {}
+    for (batch, lr), members in runs.items():
+        if any(row.get("steps_to_target") is None for row in members):
+            continue
+        steps = statistics.fmean(row["steps_to_target"] for row in members)
+        if batch not in best or steps < best[batch]["steps_to_target"]:
+            samples = statistics.fmean(row["samples_to_target"] for row in members)
+            best[batch] = {"batch_size": batch, "lr": lr, "runs": len(members), "steps_to_target": steps,
+                           "samples_to_target": samples}  # fmt: skip
+    points = [best[batch] for batch in sorted(best)]
+    if len(points) < 3:
+        return None
+    fit = fit_critical_batch([p["batch_size"] for p in points], [p["steps_to_target"] for p in points])
+    return {"points": points, "fit": fit}

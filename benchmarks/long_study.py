@@ -7,7 +7,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from batchsize_lit.study import expand, fit_args, run_cell
+from batchsize_lit import LinearRegressor, RegressionDataModule
+from batchsize_lit.study.grid import expand, fit_args
+from batchsize_lit.study.run import run_cell
 
 
 def rss_mib() -> float:
@@ -27,7 +29,7 @@ def measure(cells: int, folder: Path) -> list[tuple[int, float, int, float]]:
     for index, cell in enumerate(expand(grid)[:cells]):
         name = f"cell{index}"
         started = time.perf_counter()
-        row = run_cell(name, fit_args(base, cell, folder, name), folder)
+        row = run_cell(name, fit_args(base, cell, folder, name), folder, (LinearRegressor, RegressionDataModule))
         assert row["status"] == "ok", row
         samples.append((index + 1, rss_mib(), open_files(), time.perf_counter() - started))
     return samples

@@ -89,7 +89,7 @@ def test_facts_match_numpy_least_squares():
     import numpy as np
 
     dm = RegressionDataModule()
-    facts = dm.facts()
+    facts = dm.reference_facts()
     x, y = dm.generate()
     train = dm.split_indices()[0]
     xs, ys = x[train].double().numpy().ravel(), y[train].double().numpy().ravel()

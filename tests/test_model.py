@@ -9,9 +9,8 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 
 from batchsize_lit import LinearRegressor, RegressionDataModule
 from batchsize_lit.callbacks import EarlyStopping
-from batchsize_lit.cli import BatchSizeCLI
 
-from conftest import CONFIGS, QUIET
+from helpers import CONFIGS, QUIET, bundled_cli
 
 
 def trainer(**kwargs) -> Trainer:
@@ -45,7 +44,7 @@ def test_fit_matches_a_plain_pytorch_loop(workdir, batch_size):
     """Same initial weights, data order and lr: the full CLI fit gives the plain loop's weights."""
     args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, f"--data.batch_size={batch_size}"]
     args += ["--trainer.max_epochs=4", "--seed_everything=11", "--early_stopping.restore_best_weights=false"]
-    cli = BatchSizeCLI(args=args, run=False)
+    cli = bundled_cli(args)
     initial = copy.deepcopy(cli.model.linear)
     cli.trainer.fit(cli.model, cli.datamodule)
     x, y = cli.datamodule.train_set.tensors

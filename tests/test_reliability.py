@@ -9,9 +9,10 @@ import time
 import pytest
 import torch
 
-from batchsize_lit.cli import BatchSizeCLI
+from batchsize_lit.callbacks import RunHistory
+from batchsize_lit.trainer_info import find_callback
 
-from conftest import CONFIGS, QUIET, ROOT, run_cli
+from helpers import CONFIGS, QUIET, ROOT, bundled_cli, hparams, run_cli
 
 # 40k points at batch 16: 2000 steps, about a second, an epoch; long enough to interrupt in the middle of one.
 SLOW_FIT = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--data.n_samples=40000", "--trainer.max_epochs=4"]
@@ -76,9 +77,11 @@ def summary(stdout: str) -> str:
 def test_same_seed_gives_identical_curves(workdir):
     histories = []
     for _ in range(2):
-        cli = BatchSizeCLI(args=["--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=3"], run=False)
+        cli = bundled_cli(["--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=3"])
         cli.trainer.fit(cli.model, cli.datamodule)
-        histories.append([(row["train_loss"], row["val_loss"]) for row in cli.curves.history])
+        histories.append(
+            [(row["train_loss"], row["val_loss"]) for row in find_callback(cli.trainer, RunHistory).history]
+        )
     assert histories[0] == histories[1]
 
 
@@ -94,8 +97,6 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert len(seen[0]) == len(seen[1]) == 400 and seen[0].isdisjoint(seen[1])  # 800 training points, halved
     for name, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][name]), name
-    from test_cli import hparams
-
     hp = hparams(tmp_path / "lightning_logs/b16/version_0")
     assert hp["batch_size"] == 16 and hp["global_batch_size"] == 32
     assert "Fit finished" in result.stdout and result.stdout.count("Fit finished") == 1  # rank 0 alone reports

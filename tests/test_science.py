@@ -9,7 +9,7 @@ from lightning.pytorch import Trainer, seed_everything
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from batchsize_lit import RegressionDataModule
-from batchsize_lit.cli import main
+from batchsize_lit.__main__ import main
 from batchsize_lit.science import (
     GradientNoiseScale,
     StepsToTarget,
@@ -18,8 +18,8 @@ from batchsize_lit.science import (
     fit_critical_batch,
 )
 
-from conftest import CONFIGS, QUIET
 from custom_models import TinyMLP
+from helpers import CONFIGS, QUIET
 
 W, B = 2.2, 0.4  # fixed weights away from the optimum, so that |G| is not tiny
 
@@ -71,15 +71,15 @@ def test_critical_batch_fit_recovers_a_synthetic_curve():
 
 
 class FakeTrainer:
-    global_step = 0
-    should_stop = False
+    def __init__(self) -> None:
+        self.global_step, self.callbacks, self.should_stop = 0, [], False
 
 
 def test_steps_to_target_is_the_first_step_from_which_it_stays_reached():
     tracker, trainer = StepsToTarget(target=0.15, hold=2), FakeTrainer()
     for step, value in enumerate([0.3, 0.1, 0.2, 0.12, 0.11]):
         trainer.global_step = step
-        tracker._check(trainer, value)
+        tracker._check(trainer, None, value)
     assert tracker.reached_step == 3 and trainer.should_stop
 
 
@@ -112,17 +112,13 @@ def test_summary_states_the_stable_lr_and_warns_above_it(workdir, capsys):
     assert "max stable lr 2/λ_max = 0.785" in out.out
     assert "warning" not in out.err
     main(["fit", "--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=1", "--model.lr=0.9"])
-    assert "warning: lr 0.9 is at or above this data's stable limit 2/λ_max = 0.785" in capsys.readouterr().err
+    assert "warning: lr 0.9 is at or above this problem's stable limit lr_max_stable = 0.785" in capsys.readouterr().err
 
 
 def test_critical_batch_study_reports_b_crit(workdir, capsys):
-    from batchsize_lit.study import main as study_main
-
     grid = '{"data.batch_size": [8, 64, 512], "model.lr": [0.1, 0.4]}'  # the shipped config's base, a smaller grid
     args = ["--config", str(CONFIGS / "study_critical_batch.yaml"), "--name", "crit", "--grid", grid]
-    with pytest.raises(SystemExit) as exit_info:
-        study_main(args)
-    assert exit_info.value.code == 0
+    main(["study", *args])
     out = capsys.readouterr().out
     assert "critical batch size B_crit = " in out
     assert (workdir / "lightning_logs/crit/steps_to_target.png").is_file()

@@ -2,12 +2,18 @@
 
 import csv
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from batchsize_lit.study import cell_name, expand, main
+from batchsize_lit.__main__ import main
+from batchsize_lit.study.grid import cell_name, expand
+
+from helpers import ROOT
 
 BASE = {
     "data": {"n_samples": 200},
@@ -22,10 +28,13 @@ def write_study(folder: Path, grid: dict, base: dict | None = None, name: str = 
     return path
 
 
-def run(*args: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code
+def run(*args: str) -> int | str:
+    """The study command's exit status: 0, or what it exited with."""
+    try:
+        main(["study", *args])
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -144,13 +153,10 @@ def test_jobs_give_the_same_results_as_a_serial_run(workdir):
 
 @pytest.mark.slow
 def test_a_long_study_keeps_memory_and_open_files_flat(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from long_study import measure
-
-    samples = measure(100, tmp_path)
-    _, rss_10, files_10, _ = samples[9]
-    _, rss_100, files_100, _ = samples[-1]
-    assert rss_100 <= 1.10 * rss_10, samples
-    assert files_100 <= files_10, samples
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/long_study.py"), "--cells", "100"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    ratio = float(re.search(r"RSS after cell 100 / after cell 10: ([\d.]+)", result.stdout).group(1))
+    files = re.search(r"open files after cell 10: (\d+), after cell 100: (\d+)", result.stdout)
+    assert ratio <= 1.10, result.stdout
+    assert int(files.group(2)) <= int(files.group(1)), result.stdout

@@ -1,0 +1,93 @@
+"""User-facing errors: one line on stderr, exit status 1, and no traceback unless JSONARGPARSE_DEBUG is set."""
+
+import difflib
+import importlib
+import inspect
+import itertools
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+# What bad input raises: our own checks (ValueError), jsonargparse's and Lightning's. A run that stops on one of
+# these leaves no run folder behind.
+BAD_INPUT = (ArgumentError, ValueError, MisconfigurationException)
+# What ends a command with one line instead of a traceback: bad input, and a fit that diverged.
+USER_ERRORS = (*BAD_INPUT, Diverged)
+
+
+def run_or_exit(command: Callable[[], int | None]) -> None:
+    """Run a command and exit with its status; on bad input print one line, ``error: ...``, and exit 1.
+
+    This is the one exit path of the package: the LightningCLI subcommands and the study both end here.
+    """
+    try:
+        status = command()
+    except USER_ERRORS as error:
+        if os.environ.get("JSONARGPARSE_DEBUG"):
+            raise
+        prefix = "training diverged: " if isinstance(error, Diverged) else ""
+        sys.exit(f"error: {prefix}{one_line(error)}")
+    if status:
+        sys.exit(status)
+
+
+def one_line(error: BaseException) -> str:
+    """The error as one line. A class-typed key (model, data) fails in jsonargparse as a Union of the class and
+    None; only what the class itself said is kept, under its key."""
+    text = " ".join(str(error).split())
+    union = re.match(
+        r'(?:Parser key "(\w+)": )?Does not validate against any of the Union subtypes.*?Errors: - (.*?)'
+        r" - Expected a <class 'NoneType'>",
+        text,
+    )
+    if not union:
+        return text
+    group, inner = union.group(1) or "", union.group(2)
+    class_path = re.match(r"Problem with given class_path '([\w.]+)': (.*)", inner)
+    if class_path:
+        inner = class_path.group(2)
+        inner = re.sub(r'^Parser key "([^"]+)"', lambda m: f'Parser key "{group}.{m.group(1)}"', inner)
+        unknown = re.match(r"Option '(\w+)' is not accepted", inner)
+        if unknown:
+            known = inspect.signature(_import(class_path.group(1))).parameters
+            inner = f"unknown key {group}.{unknown.group(1)}{did_you_mean(unknown.group(1), known)}"
+    return inner
+
+
+def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """``; did you mean X?`` for the closest known name, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
+
+
+def bad_yaml(args: Any) -> str | None:
+    """Name the --config file that is not valid YAML, and where, or None if every one parses."""
+    args = list(args or sys.argv[1:]) if not isinstance(args, dict) else []
+    paths = [b for a, b in itertools.pairwise(args) if a in ("-c", "--config")]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for path in paths:
+        if Path(path).is_file():
+            try:
+                yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError as error:
+                mark = getattr(error, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                return f"--config {path} is not valid YAML{where}: {getattr(error, 'problem', error)}"
+    return None
+
+
+def _import(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)

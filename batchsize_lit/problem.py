@@ -1,0 +1,67 @@
+"""The optional interface through which a model or data module adds its problem's facts, report and loss."""
+
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+class RunReport(NamedTuple):
+    """What a model or data module adds to the end of a run."""
+
+    columns: dict[str, float]
+    """Extra results.csv columns of a study cell, e.g. the learned weight and bias."""
+    lines: list[str]
+    """Extra lines of the end-of-fit summary."""
+
+
+@runtime_checkable
+class ReferenceFacts(Protocol):
+    """Numbers that describe the problem, fixed for a run: computed from the data, never hard-coded.
+
+    Any key may appear; the fit summary prints them and every study row gets them as columns. The template itself
+    reads a few names where they exist:
+
+    - ``noise_floor``: the lowest loss any model can reach; the summary prints it and the study plots draw it.
+    - ``lr_max_stable``: the largest stable learning rate; the fit warns before training when the optimizer's lr is
+      at or above it, and a diverged fit names it as the likely cause.
+    - ``<metric>_at_optimum``, e.g. ``val_loss_at_optimum``: the metric's value at the best possible fit;
+      ``StepsToTarget`` sets its default target from it.
+    """
+
+    def reference_facts(self) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class Reports(Protocol):
+    """Adds result columns and summary lines, given the run's reference facts."""
+
+    def run_report(self, facts: dict[str, float]) -> RunReport: ...
+
+
+@runtime_checkable
+class HasLoss(Protocol):
+    """The mean loss of a batch as a pure function of the parameters: no logging, no metric updates, no module that
+    mixes examples (BatchNorm in train mode). ``GradientNoiseScale`` takes exact per-example gradients through it
+    with ``torch.func``, and ``StepsToTarget`` evaluates it on the validation split between validations."""
+
+    def loss(self, batch: Any) -> Tensor: ...
+
+
+def reference_facts(*parts: Any) -> dict[str, float]:
+    """The reference facts of every part (model, data module) that provides them, merged."""
+    facts: dict[str, float] = {}
+    for part in parts:
+        if isinstance(part, ReferenceFacts):
+            facts.update(part.reference_facts())
+    return facts
+
+
+def run_report(facts: dict[str, float], *parts: Any) -> RunReport:
+    """The run reports of every part that provides one, merged."""
+    report = RunReport({}, [])
+    for part in parts:
+        if isinstance(part, Reports):
+            one = part.run_report(facts)
+            report.columns.update(one.columns)
+            report.lines.extend(one.lines)
+    return report

@@ -1,0 +1,121 @@
+"""`study`: a grid of fits, each parsed by the same LightningCLI, then a results table and plots."""
+
+import time
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from batchsize_lit.cli import config_stem
+from batchsize_lit.study.grid import cell_name, expand, fit_args, group_name
+from batchsize_lit.study.report import report
+from batchsize_lit.study.run import Defaults, check_cells, default_jobs, quiet_lightning, read_result, run_cells
+
+
+def run_study(
+    grid: dict[str, list[Any]],
+    base: dict[str, Any] | None = None,
+    name: str | None = None,
+    root: str = "lightning_logs",
+    trial_index: int | None = None,
+    report_only: bool = False,
+    redo: bool = False,
+    jobs: int | None = None,
+    defaults: Defaults = (None, None),
+) -> int:
+    """Run every combination of the grid as a fit, then write results.csv and plots.
+
+    Args:
+        grid: Config keys, as on the fit command line (data.batch_size, trainer.max_epochs, model.lr,
+            seed_everything, ...), each with the list of values to try.
+        base: The fit config every cell starts from: the same keys as a fit config file.
+        name: Study folder under root; defaults to the study config's file name.
+        root: Where the study folder goes.
+        trial_index: Run only this cell (0-based, in grid order) and skip the report: one task of a job array.
+        report_only: Run nothing; rebuild results.csv and the plots from the cell folders already there.
+        redo: Rerun cells that already finished, instead of skipping them.
+        jobs: Worker processes running cells side by side; default one per GPU on a multi-GPU machine,
+            else one per two CPU cores. Each cell gives the same result whatever the number of jobs.
+        defaults: The model and data module classes a cell uses when its config names none.
+
+    Returns:
+        The exit status: 0, or 1 if a cell failed other than by diverging.
+    """
+    folder = Path(root, name or "study")
+    quiet_lightning()
+    cells = expand(grid)
+    if trial_index is not None and not 0 <= trial_index < len(cells):
+        raise ValueError(f"trial_index={trial_index} is outside the grid's {len(cells)} cells (0 to {len(cells) - 1})")
+    names = [cell_name(cell, grid) for cell in cells]
+    cell_args = {name: fit_args(base, cell, folder, name) for name, cell in zip(names, cells, strict=True)}
+    if not report_only:
+        check_cells(cell_args, defaults)
+        selected = [names[trial_index]] if trial_index is not None else names
+        todo = selected if redo else [cell for cell in selected if not (folder / cell / "result.json").is_file()]
+        if len(todo) < len(selected):
+            print(f"{len(selected) - len(todo)} cell(s) already done in {folder} (redo=true reruns them)")
+        if todo:
+            run_cells({cell: cell_args[cell] for cell in todo}, folder, min(jobs or default_jobs(), len(todo)),
+                      defaults, Progress(len(todo)))  # fmt: skip
+        if trial_index is not None:
+            return 0
+    rows = [read_result(folder / cell) for cell in names]
+    missing = [cell for cell, row in zip(names, rows, strict=True) if row is None]
+    rows = [row for row in rows if row is not None]
+    if missing:
+        print(f"{len(missing)} cell(s) have no result yet: {', '.join(missing)}")
+    if not rows:
+        return 1
+    report(rows, folder, {name: group_name(cell, grid) for name, cell in zip(names, cells, strict=True)})
+    failed = [row["cell"] for row in rows if row["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} cell(s) failed: {', '.join(failed)}; see traceback.txt in their folders")
+    return 1 if failed else 0
+
+
+class Progress:
+    """Prints ``[k/N] cell status epochs best-monitor seconds ETA`` as each cell finishes."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        print(f"[{self.done}/{self.total}] {progress_line(row)}  ETA {eta:.0f} s", flush=True)
+
+
+def progress_line(row: dict[str, Any]) -> str:
+    monitor = row.get("monitor") or "monitor"
+    best = row.get("monitor_best")
+    value = f"{monitor} {best:.5g}" if best is not None else f"no {monitor}"
+    epochs = f"{row['epochs_run']}/{row['max_epochs']}" if row["max_epochs"] != -1 else str(row["epochs_run"])
+    return f"{row['cell']:<24} {row['status']:<8} {epochs} epochs  {value}  {row['seconds']:.1f} s"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="batchsize-lit study",
+        description="Run a grid of fit configs and compare them: results.csv, plots, TensorBoard runs.",
+        exit_on_error=False,
+    )
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="A study config file (YAML).")
+    parser.add_function_arguments(run_study, as_positional=False, skip={"defaults"})
+    return parser
+
+
+def run_command(argv: list[str], *defaults: Any) -> int:
+    """``batchsize-lit study ...``: parse the study config and run it; returns the exit status."""
+    config = build_parser().parse_args(argv)
+    return run_study(
+        grid=config.grid,
+        base=config.base,
+        name=config.name or config_stem(config, "study"),
+        root=config.root,
+        trial_index=config.trial_index,
+        report_only=config.report_only,
+        redo=config.redo,
+        jobs=config.jobs,
+        defaults=tuple(defaults),
+    )

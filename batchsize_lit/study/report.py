@@ -1,0 +1,117 @@
+"""A study's report: results.csv, the tables printed, mean ± sd over seeds, the plots and the critical batch size."""
+
+import csv
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from batchsize_lit.science import critical_batch
+
+# The documented columns, in this order; whatever else a cell recorded (the model's logged metrics, the problem's
+# reference facts and report columns) follows them.
+COLUMNS = [
+    "cell",
+    "batch_size",
+    "global_batch_size",
+    "max_epochs",
+    "lr",
+    "lr_effective",
+    "seed",
+    "epochs_run",
+    "steps",
+    "samples",
+    "train_loss",
+    "monitor",
+    "monitor_best",
+    "best_epoch",
+    "val_loss",
+    "test_loss",
+    "weight",
+    "bias",
+    "noise_floor",
+    "steps_to_target",
+    "samples_to_target",
+    "b_simple_at_target",
+    "b_simple",
+    "b_noise",
+    "seconds",
+    "status",
+]
+SHOWN = "cell batch_size max_epochs lr seed epochs_run steps train_loss monitor_best test_loss weight bias status"
+
+
+def columns_of(rows: list[dict[str, Any]]) -> list[str]:
+    """The documented columns any row has, then the others in order of first appearance."""
+    present = {key for row in rows for key in row if key != "history"}
+    extra = list(dict.fromkeys(key for row in rows for key in row if key not in COLUMNS and key != "history"))
+    return [column for column in COLUMNS if column in present] + extra
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, columns_of(rows), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def report(rows: list[dict[str, Any]], folder: Path, groups: dict[str, str]) -> None:
+    """results.csv, the table, mean ± sd over seeds, the plots and, where steps to target were recorded, the
+    critical batch size. ``groups`` maps each cell to its name without the seed."""
+    from batchsize_lit.plots import plot_critical_batch, plot_curves  # matplotlib only when a report is made
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, folder / "results.csv")
+    monitor = next((row["monitor"] for row in rows if row.get("monitor")), None)
+    print(format_table(rows, [c for c in SHOWN.split() if any(row.get(c) is not None for row in rows)]))
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_group.setdefault(groups.get(row["cell"], row["cell"]), []).append(row)
+    if any(len(members) > 1 for members in by_group.values()):
+        print("\nMean ± sd over seeds:")
+        keys = ["epochs_run", "train_loss", "monitor_best", "test_loss"]
+        print(format_table(summarize(by_group, keys), ["cell", "runs", *keys]))
+    if monitor:
+        print(f"monitor_best is the best {monitor} of each run")
+    curves = [{"name": name, "histories": [r["history"] for r in members if r.get("history")]}
+              for name, members in by_group.items()]  # fmt: skip
+    floors = {row["noise_floor"] for row in rows if row.get("noise_floor") is not None}
+    paths = plot_curves(curves, folder, floors.pop() if len(floors) == 1 else None)
+    critical = critical_batch(rows)
+    if critical:
+        print(format_table(critical["points"], ["batch_size", "lr", "runs", "steps_to_target", "samples_to_target"]))
+        fit = critical["fit"]
+        print(
+            f"critical batch size B_crit = {fit['b_crit']:.3g}; S_min = {fit['s_min']:.4g} steps;"
+            f" E_min = {fit['e_min']:.4g} samples (S = S_min·(1 + B_crit/B), best lr per batch size)"
+        )
+        paths.append(plot_critical_batch(critical, folder))
+    for path in paths:
+        print(f"plot: {path}")
+    print(f"results: {folder / 'results.csv'}\ntensorboard --logdir {folder}")
+
+
+def summarize(groups: dict[str, list[dict[str, Any]]], keys: list[str]) -> list[dict[str, Any]]:
+    """Mean ± sd of each key over the members of each group."""
+    summary = []
+    for name, members in groups.items():
+        entry: dict[str, Any] = {"cell": name, "runs": len(members)}
+        for key in keys:
+            values = [r.get(key) for r in members]
+            values = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+            if values:
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                entry[key] = f"{statistics.fmean(values):.4g} ± {sd:.2g}"
+        summary.append(entry)
+    return summary
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.5g}"
+        return "" if value is None else str(value)
+
+    table = [columns] + [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in table)

@@ -1,0 +1,202 @@
+"""Running a study's cells: each a fit parsed by the same LightningCLI, serially or in worker processes."""
+
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from batchsize_lit.callbacks import RunHistory
+from batchsize_lit.cli import BatchSizeCLI
+from batchsize_lit.errors import USER_ERRORS, Diverged, one_line
+from batchsize_lit.problem import reference_facts, run_report
+from batchsize_lit.science import GradientNoiseScale, StepsToTarget
+from batchsize_lit.trainer_info import batch_size, find_callback, global_batch_size, scalar_metrics
+
+Defaults = tuple[type[LightningModule] | None, type[LightningDataModule] | None]
+
+
+def quiet_lightning() -> None:
+    """One progress line per cell instead of Lightning's own notices; in worker processes too."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class CellCLI(BatchSizeCLI):
+    """BatchSizeCLI for study cells: every cell of a process is parsed by one parser, built once.
+
+    Building a parser creates new classes inside jsonargparse that are never freed, so a parser per cell would
+    grow the process by every cell. Without load_from_checkpoint_support no per-CLI hook is registered on the
+    shared parser; the cells' checkpoints hold their hyperparameters as save_hyperparameters() recorded them.
+    """
+
+    shared: ClassVar[dict[Defaults, tuple[LightningArgumentParser, list[LightningArgumentParser]]]] = {}
+
+    def __init__(self, args: list[str], defaults: Defaults) -> None:
+        with warnings.catch_warnings():
+            # LightningCLI warns when args are given while sys.argv holds others: here those are the study's own.
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter", UserWarning)
+            super().__init__(*defaults, args=args, run=False, load_from_checkpoint_support=False)
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        key = tuple(self.default_classes.values())
+        if key not in CellCLI.shared:
+            super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+            CellCLI.shared[key] = (self.parser, self.parsers)
+        self.parser, self.parsers = CellCLI.shared[key]
+
+
+def check_cells(cell_args: dict[str, list[str]], defaults: Defaults) -> None:
+    """Parse and instantiate every cell's config before anything runs, so a bad key or value fails at once."""
+    for cell, args in cell_args.items():
+        try:
+            cli = CellCLI(args, defaults)
+        except USER_ERRORS as error:
+            raise ValueError(f"cell {cell}: {one_line(error)}") from None
+        del cli
+
+
+def run_cells(
+    cell_args: dict[str, list[str]], folder: Path, jobs: int, defaults: Defaults, on_row: Callable[[dict], None]
+) -> None:
+    """Run the cells, serially or in ``jobs`` worker processes, calling on_row with each result as it comes."""
+    for cell in cell_args:  # an unfinished folder from an interrupted run, or one to redo
+        shutil.rmtree(folder / cell, ignore_errors=True)
+    if jobs == 1:
+        for cell, args in cell_args.items():
+            on_row(run_cell(cell, args, folder, defaults))
+        return
+    gpus = gpu_count()
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
+    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker, initargs=(gpus,)) as pool:
+        cells = list(cell_args)
+        for row in pool.map(run_cell, cells, cell_args.values(), itertools.repeat(folder), itertools.repeat(defaults)):
+            on_row(row)
+
+
+def default_jobs() -> int:
+    """One worker per GPU where there are several, else one per two CPU cores (a tiny model runs best on one)."""
+    gpus = gpu_count()
+    return gpus if gpus > 1 else max(1, (os.cpu_count() or 1) // 2)
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _init_worker(gpus: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    if gpus > 1:  # pin each worker to its own GPU
+        worker = multiprocessing.current_process()._identity[0] - 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(worker % gpus)
+
+
+def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> dict[str, Any]:
+    """Fit one cell, test it if the model and data can, and write its result.json; a cell that diverges or raises
+    is recorded, not raised, with the traceback of a failure in the cell's traceback.txt."""
+    quiet_lightning()
+    started = time.perf_counter()
+    cli = CellCLI(args, defaults)  # parsed; model, data and trainer built
+    status, metrics = "ok", {}
+    try:
+        cli.before_fit()
+        cli.trainer.fit(cli.model, cli.datamodule)
+        metrics = scalar_metrics(cli.trainer.callback_metrics)
+        if is_overridden("test_step", cli.model) and _has_test_data(cli):
+            loggers, cli.trainer.loggers = cli.trainer.loggers, []  # one event file per cell: test_loss goes to the csv
+            for results in cli.trainer.test(cli.model, cli.datamodule, verbose=False):
+                metrics.update(scalar_metrics(results))
+            cli.trainer.loggers = loggers
+    except Diverged:
+        status = "diverged"
+    except Exception as error:  # one broken cell must not end a long study; it is reported as failed
+        status = "failed"
+        (folder / cell).mkdir(parents=True, exist_ok=True)
+        (folder / cell / "traceback.txt").write_text(traceback.format_exc())
+        print(f"cell {cell} failed: {one_line(error)} (traceback: {folder / cell / 'traceback.txt'})", file=sys.stderr)
+    row = result_row(cli, cell, status, time.perf_counter() - started, metrics)
+    history = find_callback(cli.trainer, RunHistory)
+    write_result(folder / cell, {"row": row, "history": history.history if history else []})
+    return row
+
+
+def _has_test_data(cli: BatchSizeCLI) -> bool:
+    data = cli.datamodule
+    if data is None or not is_overridden("test_dataloader", data):
+        return False
+    loaders = data.test_dataloader()
+    return not (isinstance(loaders, list | tuple | dict) and not loaders)
+
+
+def write_result(cell_folder: Path, result: dict[str, Any]) -> None:
+    """result.json, written whole or not at all (a temporary file renamed into place)."""
+    cell_folder.mkdir(parents=True, exist_ok=True)
+    temporary = cell_folder / f"result.json.tmp{os.getpid()}"
+    temporary.write_text(json.dumps(result, indent=1))
+    os.replace(temporary, cell_folder / "result.json")
+
+
+def read_result(cell_folder: Path) -> dict[str, Any] | None:
+    """A finished cell's row, with its history; None if the cell has not finished."""
+    path = cell_folder / "result.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return {**result["row"], "history": result["history"]}
+
+
+def result_row(cli: BatchSizeCLI, cell: str, status: str, seconds: float, metrics: dict[str, float]) -> dict[str, Any]:
+    """One results.csv row from a cell's CLI object: the generic columns, then what the model logged last, the
+    problem's reference facts and report columns, and the science callbacks' findings."""
+    trainer, model = cli.trainer, cli.model
+    history = find_callback(trainer, RunHistory)
+    target, noise = find_callback(trainer, StepsToTarget), find_callback(trainer, GradientNoiseScale)
+    best = history.best() if history else None
+    optimizer = trainer.optimizers[0].param_groups[0] if trainer.optimizers else {}
+    row: dict[str, Any] = {
+        "cell": cell,
+        "batch_size": batch_size(trainer),
+        "global_batch_size": global_batch_size(trainer),
+        "max_epochs": trainer.max_epochs,
+        "lr": model.hparams.get("lr"),
+        "lr_effective": optimizer.get("initial_lr", optimizer.get("lr")),
+        "seed": cli.config.get("seed_everything"),
+        "epochs_run": len(history.history) if history else None,
+        "steps": trainer.global_step,
+        "samples": history.samples if history else None,
+        "train_loss": history.last("train_loss") if history else None,
+        "monitor": history.monitor if history else None,
+        "monitor_best": best[0] if best else None,
+        "best_epoch": best[1] if best else None,
+    }
+    row["val_loss"] = row["monitor_best"] if row["monitor"] == "val_loss" else metrics.get("val_loss")
+    row["test_loss"] = metrics.get("test_loss")
+    facts = reference_facts(cli.datamodule, model)
+    row.update({key: value for key, value in metrics.items() if key not in row})
+    row.update(facts)
+    if status == "ok":
+        row.update(run_report(facts, model, cli.datamodule).columns)
+    if target is not None:
+        row.update(steps_to_target=target.reached_step, samples_to_target=target.reached_samples)
+        row["b_simple_at_target"] = target.b_simple_at_target
+    if noise is not None:
+        row.update(gns_method=noise.method, b_simple=noise.last.get("b_simple"), b_noise=noise.last.get("b_noise"))
+    row.update(seconds=round(seconds, 3), status=status)
+    return {key: float(value) if hasattr(value, "item") else value for key, value in row.items()}

@@ -1,0 +1,129 @@
+"""A fork's own textbook LightningModule and DataModule get everything generic: summary, resume, study, noise scale."""
+
+import csv
+
+import pytest
+import torch
+
+from batchsize_lit.__main__ import main
+
+from helpers import QUIET, hparams, run_cli, scalars
+
+FORK = ["--model=fork.regression.SineRegressor", "--data=fork.regression.SineData", *QUIET]
+FORK += ["--early_stopping.monitor=val/loss", "--checkpoint.monitor=val/loss", "--trainer.max_epochs=4"]
+CLASSIFIER = ["--model=fork.classification.BlobClassifier", "--data=fork.classification.Blobs", *QUIET]
+CLASSIFIER += ["--early_stopping.monitor=val/acc", "--early_stopping.mode=max", "--trainer.max_epochs=6"]
+
+
+def exit_code(args: list[str]) -> int | str:
+    try:
+        main(args)
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
+
+
+def test_fit_reports_the_best_monitored_value_and_logs_it(tmp_path):
+    result = run_cli("fit", *FORK, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    run = tmp_path / "lightning_logs/default/version_0"
+    tags = scalars(run)
+    val = [value for _, value in tags["by_epoch/val/loss"]]
+    assert len(val) == 4
+    best = min(val)
+    assert f"best val/loss {best:.5g} at epoch {val.index(best) + 1}" in result.stdout
+    assert tags["hp/val/loss_best"][0][1] == pytest.approx(best)
+    assert "train_loss_step" in tags and "train_loss_epoch" in tags  # the fork's own logging, kept
+    assert "by_samples/train_loss" in tags
+    assert hparams(run)["batch_size"] == 32
+    assert (run / "checkpoints/last.ckpt").is_file() and list((run / "checkpoints").glob("best-*.ckpt"))
+
+
+def test_resume_with_ckpt_path_last_continues_in_place(workdir, capsys):
+    assert exit_code(["fit", *FORK, "--trainer.max_epochs=2"]) == 0
+    assert exit_code(["fit", *FORK, "--ckpt_path=last"]) == 0
+    assert sorted(p.name for p in (workdir / "lightning_logs/default").iterdir()) == ["version_0"]
+    last = torch.load(workdir / "lightning_logs/default/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert last["epoch"] == 3
+    assert "Fit finished: 4 of 4 epochs" in capsys.readouterr().out
+
+
+def test_validate_a_fork_checkpoint(workdir, capsys):
+    assert exit_code(["fit", *FORK, "--trainer.max_epochs=1"]) == 0
+    ckpt = next((workdir / "lightning_logs/default/version_0/checkpoints").glob("best-*.ckpt"))
+    capsys.readouterr()
+    assert exit_code(["validate", *FORK, f"--ckpt_path={ckpt}"]) == 0
+    assert "val/loss" in capsys.readouterr().out
+
+
+def test_mode_max_monitor_is_followed_everywhere(workdir, capsys):
+    assert exit_code(["fit", *CLASSIFIER]) == 0
+    out = capsys.readouterr().out
+    tags = scalars(workdir / "lightning_logs/default/version_0")
+    acc = [value for _, value in tags["by_epoch/val/acc"]]
+    best = max(acc)
+    assert f"best val/acc {best:.5g} at epoch {acc.index(best) + 1}" in out
+    assert tags["hp/val/acc_best"][0][1] == pytest.approx(best)
+    # checkpoint.monitor was not given: it follows early stopping's, mode included
+    name = next((workdir / "lightning_logs/default/version_0/checkpoints").glob("best-*.ckpt")).name
+    assert name == f"best-epoch={acc.index(best)}.ckpt"
+
+
+def write_study(folder, base: dict, grid: dict):
+    import json
+
+    path = folder / "forkstudy.yaml"
+    path.write_text(json.dumps({"base": base, "grid": grid}))
+    return str(path)
+
+
+FORK_BASE = {
+    "model": {"class_path": "fork.regression.SineRegressor"},
+    "data": {"class_path": "fork.regression.SineData"},
+    "early_stopping": {"monitor": "val/loss"},
+    "checkpoint": {"monitor": "val/loss"},
+    "trainer": {"accelerator": "cpu", "max_epochs": 3},
+}
+
+
+def read_rows(path) -> list[dict[str, str]]:
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+def test_study_of_a_fork_fills_the_monitor_columns(workdir, capsys):
+    config = write_study(workdir, FORK_BASE, {"data.batch_size": [16, 64]})
+    assert exit_code(["study", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "val/loss" in out.splitlines()[0]  # the progress line names the monitor
+    folder = workdir / "lightning_logs/forkstudy"
+    rows = read_rows(folder / "results.csv")
+    assert [row["cell"] for row in rows] == ["bs16", "bs64"]
+    for row in rows:
+        assert row["status"] == "ok" and row["monitor"] == "val/loss"
+        assert float(row["monitor_best"]) > 0 and 1 <= int(row["best_epoch"]) <= 3
+        assert row["test_loss"] == ""  # no test_step: no test pass
+        assert float(row["val/loss"]) > 0  # what the model logged lands as a column
+    assert (folder / "train_loss_by_epoch.png").is_file()
+
+
+def test_a_cell_that_raises_is_recorded_and_the_study_goes_on(workdir, capsys):
+    base = {**FORK_BASE, "model": {"class_path": "fork.broken.FlakyRegressor"}}
+    config = write_study(workdir, base, {"model.hidden": [13, 8]})
+    code = exit_code(["study", "--config", config])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cell hidden-13 failed: hidden=13 is unlucky" in err
+    folder = workdir / "lightning_logs/forkstudy"
+    assert "RuntimeError: hidden=13 is unlucky" in (folder / "hidden-13/traceback.txt").read_text()
+    rows = read_rows(folder / "results.csv")
+    assert [(row["cell"], row["status"]) for row in rows] == [("hidden-13", "failed"), ("hidden-8", "ok")]
+
+
+def test_two_batch_noise_scale_for_a_fork(workdir):
+    args = ["--trainer.callbacks+=batchsize_lit.science.GradientNoiseScale", "--trainer.accumulate_grad_batches=2"]
+    assert exit_code(["fit", *FORK, *args]) == 0
+    values = [value for _, value in scalars(workdir / "lightning_logs/default/version_0")["gns/b_simple_two_batch"]]
+    assert len(values) == 4 * 12  # one per full window of 2 of the epoch's 25 batches
+    assert all(torch.isfinite(torch.tensor(values)))
