@@ -1,5 +1,6 @@
 """The LightningCLI: defaults, the declared callbacks, run folders, checkpoint checks and the end-of-fit summary."""
 
+import logging
 import os
 import re
 import shutil
@@ -11,16 +12,29 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from batchsize_lit.callbacks import AtomicCheckpointIO, DivergenceCheck, EarlyStopping, ModelCheckpoint, RunHistory
+from batchsize_lit.callbacks import (
+    AtomicCheckpointIO,
+    BriefModelSummary,
+    DivergenceCheck,
+    EarlyStopping,
+    ModelCheckpoint,
+    RunHistory,
+)
 from batchsize_lit.errors import BAD_INPUT, bad_yaml, did_you_mean
 from batchsize_lit.problem import reference_facts, run_report
+from batchsize_lit.progress import ThrottledProgressBar
 from batchsize_lit.trainer_info import find_callback
 
 # Lightning's own batch flattening builds a torch LeafSpec, which torch>=2.10 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, "lightning")
+# Lightning advertises a cloud logger on every run; a line no user of this template can act on.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
+)
 
 LOG_ROOT = "lightning_logs"
 STUDY_HINT = "Grids of fits: batchsize-lit study --config configs/study_seed.yaml (see batchsize-lit study --help)."
@@ -162,6 +176,11 @@ class BatchSizeCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: write checkpoints atomically
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        for index, callback in enumerate(trainer.callbacks):  # Lightning's defaults, not a user's own choice
+            if type(callback) is TQDMProgressBar:
+                trainer.callbacks[index] = ThrottledProgressBar()
+            elif type(callback) is ModelSummary:
+                trainer.callbacks[index] = BriefModelSummary()
         return trainer
 
     def before_fit(self) -> None:
