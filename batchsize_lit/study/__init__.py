@@ -2,7 +2,7 @@
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -21,6 +21,9 @@ def run_study(
     report_only: bool = False,
     redo: bool = False,
     jobs: int | None = None,
+    executor: Literal["local", "ray"] = "local",
+    ray_address: str | None = None,
+    resources: dict[str, float] | None = None,
     defaults: Defaults = (None, None),
 ) -> int:
     """Run every combination of the grid as a fit, then write results.csv and plots.
@@ -34,8 +37,12 @@ def run_study(
         trial_index: Run only this cell (0-based, in grid order) and skip the report: one task of a job array.
         report_only: Run nothing; rebuild results.csv and the plots from the cell folders already there.
         redo: Rerun cells that already finished, instead of skipping them.
-        jobs: Worker processes running cells side by side; default one per GPU on a multi-GPU machine,
-            else one per two CPU cores. Each cell gives the same result whatever the number of jobs.
+        jobs: Worker processes running cells side by side (local executor); default one per GPU on a multi-GPU
+            machine, else one per two CPU cores. Each cell gives the same result whatever the number of jobs.
+        executor: Where cells run: local, in this process or ``jobs`` worker processes; ray, as Ray tasks.
+        ray_address: The Ray cluster to join (``auto``, ``ray://host:port``); default: start or join a local one.
+        resources: Ray resources of each cell, e.g. {num_cpus: 2, num_gpus: 1}; default 1 CPU, and 1 GPU when the
+            cell's trainer uses a GPU.
         defaults: The model and data module classes a cell uses when its config names none.
 
     Returns:
@@ -49,12 +56,19 @@ def run_study(
     names = [cell_name(cell, grid) for cell in cells]
     cell_args = {name: fit_args(base, cell, folder, name) for name, cell in zip(names, cells, strict=True)}
     if not report_only:
+        if executor == "ray":
+            require_ray()
         check_cells(cell_args, defaults)
         selected = [names[trial_index]] if trial_index is not None else names
         todo = selected if redo else [cell for cell in selected if not (folder / cell / "result.json").is_file()]
         if len(todo) < len(selected):
             print(f"{len(selected) - len(todo)} cell(s) already done in {folder} (redo=true reruns them)")
-        if todo:
+        if todo and executor == "ray":
+            from batchsize_lit.study.ray_executor import run_cells_on_ray
+
+            run_cells_on_ray({cell: cell_args[cell] for cell in todo}, folder, defaults, Progress(len(todo)),
+                             ray_address, resources)  # fmt: skip
+        elif todo:
             run_cells({cell: cell_args[cell] for cell in todo}, folder, min(jobs or default_jobs(), len(todo)),
                       defaults, Progress(len(todo)))  # fmt: skip
         if trial_index is not None:
@@ -94,6 +108,14 @@ def progress_line(row: dict[str, Any]) -> str:
     return f"{row['cell']:<24} {row['status']:<8} {epochs} epochs  {value}  {row['seconds']:.1f} s"
 
 
+def require_ray() -> None:
+    """A clear error, before anything is written, when the Ray executor is asked for without Ray installed."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ValueError('executor=ray needs Ray, which is not installed: pip install -e ".[ray]"') from None
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="batchsize-lit study",
@@ -117,5 +139,8 @@ def run_command(argv: list[str], *defaults: Any) -> int:
         report_only=config.report_only,
         redo=config.redo,
         jobs=config.jobs,
+        executor=config.executor,
+        ray_address=config.ray_address,
+        resources=config.resources,
         defaults=tuple(defaults),
     )
