@@ -105,10 +105,17 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
             if self.restore_best_weights:
                 self.best_weights = {name: value.detach().clone() for name, value in pl_module.state_dict().items()}
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.restored = False
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights and self.best_weights is not None:
             pl_module.load_state_dict(self.best_weights)
             self.restored = True
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.restored:  # resumed from a run that had already finished: Lightning skips on_train_end
+            self.on_train_end(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "best_weights": self.best_weights, "best_epoch": self.best_epoch}

@@ -1,9 +1,12 @@
 """The LightningCLI: defaults, the declared callbacks, run folders, checkpoint checks and the end-of-fit summary."""
 
+import importlib
+import inspect
 import logging
 import os
 import re
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -106,18 +109,47 @@ class BatchSizeCLI(LightningCLI):
         parser.set_defaults({key: value for key, value in defaults.items() if self.default_classes[key] is not None})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+        printing = [arg for arg in argv or [] if arg.split("=")[0] == "--print_config"]
+        if printing:  # printed below, once the classes' own defaults are in place
+            kept = [arg for arg in argv if arg not in printing]
+            if args is None:
+                sys.argv[1:] = kept
+            else:
+                args = kept
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:
-            if "Problems parsing config" in str(error):
-                raise ArgumentError(None, bad_yaml(args) or str(error)) from None
-            unknown = re.search(r"unrecognized arguments: --([\w.]+)", str(error))
-            if unknown:
-                known = {key for p in self.parsers for key in p.get_defaults().keys()}  # noqa: SIM118
-                hint = did_you_mean(unknown.group(1), known, prefix="--")
-                if hint:
-                    raise ArgumentError(None, f"{error}{hint}") from None
-            raise
+            self._explain(error, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) or self.config
+        for key, default_class in self.default_classes.items():
+            if default_class is not None and config.get(key) is not None:
+                _drop_inherited_defaults(config[key], default_class)
+        if printing:
+            print(self.parser_of(subcommand).dump(config, skip_none=False), end="")
+            sys.exit(0)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("best", "last", "hpc", "registry"):
+            check_checkpoint(ckpt_path)  # before Lightning reads the checkpoint's hyperparameters from it
+
+    def parser_of(self, subcommand: str | None) -> LightningArgumentParser:
+        """The parser of a subcommand, or the main one: the subcommand parsers are made after it, in this order."""
+        if not subcommand:
+            return self.parser
+        return dict(zip(self.subcommands(), self.parsers[1:], strict=True))[subcommand]
+
+    def _explain(self, error: ArgumentError, args: Any) -> None:
+        """Raise the parse error with the bad YAML file named, or a suggestion for an unknown key."""
+        if "Problems parsing config" in str(error):
+            raise ArgumentError(None, bad_yaml(args) or str(error)) from None
+        unknown = re.search(r"unrecognized arguments: --([\w.]+)", str(error))
+        if unknown:
+            known = {key for p in self.parsers for key in p.get_defaults().keys()}  # noqa: SIM118
+            hint = did_you_mean(unknown.group(1), known, prefix="--")
+            if hint:
+                raise ArgumentError(None, f"{error}{hint}") from None
+        raise error
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -133,12 +165,10 @@ class BatchSizeCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last" and self.subcommand == "fit":
             config.ckpt_path = self._resume_in_place(logger)
-        elif ckpt_path and ckpt_path not in ("best", "last", "hpc", "registry"):
-            check_checkpoint(ckpt_path)
-            if self.subcommand != "fit" and tensorboard and _is_run_checkpoint(ckpt_path):
-                run = Path(os.path.relpath(ckpt_path)).parent.parent  # evaluate into the run the checkpoint came from
-                logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
-                logger.init_args.version = run.name
+        elif ckpt_path and self.subcommand != "fit" and tensorboard and _is_run_checkpoint(ckpt_path):
+            run = Path(os.path.relpath(ckpt_path)).parent.parent  # evaluate into the run the checkpoint came from
+            logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
+            logger.init_args.version = run.name
         if tensorboard and self.subcommand == "fit" and logger.init_args.get("version") is None:
             logger.init_args.version = self._claim_run(Path(logger.init_args.save_dir, logger.init_args.name))
 
@@ -189,10 +219,9 @@ class BatchSizeCLI(LightningCLI):
         if self.log_dir and self.trainer.is_global_zero:  # a resumed run rewrites its own config.yaml
             Path(self.log_dir).mkdir(parents=True, exist_ok=True)
             config = self.config[self.subcommand] if self.subcommand else self.config
-            parser = self.parser
-            if self.subcommand:  # the subcommand parsers are made after the main one, in this order
-                parser = dict(zip(self.subcommands(), self.parsers[1:], strict=True))[self.subcommand]
-            parser.save(config, Path(self.log_dir, "config.yaml"), skip_unset=False, overwrite=True)
+            self.parser_of(self.subcommand).save(
+                config, Path(self.log_dir, "config.yaml"), skip_unset=False, overwrite=True
+            )
 
     def after_fit(self) -> None:
         self._claimed = None  # the run is complete: nothing to remove
@@ -249,6 +278,33 @@ class BatchSizeCLI(LightningCLI):
         return "\n".join(lines)
 
 
+def _drop_inherited_defaults(spec: Any, default_class: type) -> None:
+    """Give a class chosen by class_path its own defaults where jsonargparse left the default class's in place.
+
+    When a class_path replaces the default class, jsonargparse keeps every init arg the new class also has, the
+    default class's defaults among them (jsonargparse issue #460). An init arg equal to the default class's default
+    and unlike the new class's own default is taken as one of those and set to the new class's default.
+    """
+    class_path = getattr(spec, "class_path", None)
+    init_args = getattr(spec, "init_args", None)
+    if not class_path or init_args is None or class_path == f"{default_class.__module__}.{default_class.__qualname__}":
+        return
+    module, _, name = class_path.rpartition(".")
+    try:
+        chosen = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return
+    old, new = _init_defaults(default_class), _init_defaults(chosen)
+    for key in list(init_args.keys()):
+        if key in old and key in new and init_args[key] == old[key] and new[key] != old[key]:
+            init_args[key] = new[key]
+
+
+def _init_defaults(cls: type) -> dict[str, Any]:
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
 def check_checkpoint(path: str, key: str | None = None) -> None:
     """A clear error for a checkpoint that is missing or cannot be read, naming an older one that can."""
     key = key or f"ckpt_path={path!r}"
@@ -257,7 +313,7 @@ def check_checkpoint(path: str, key: str | None = None) -> None:
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # a truncated or foreign file; torch raises several kinds
-        reason = " ".join(str(error).split())[:120]
+        reason = " ".join(str(error).split()).split(". ")[0][:160]
         others = sorted(Path(path).parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
         usable = next((str(p) for p in others if str(p) != str(path) and _readable(p)), None)
         hint = f"; {usable} can be used instead" if usable else ""

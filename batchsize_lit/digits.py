@@ -94,25 +94,18 @@ class DigitsDataModule(pl.LightningDataModule):
         return self._loader(self.test_set)
 
 
-class MLPClassifier(pl.LightningModule):
-    """64 pixels → hidden ReLU units → 10 class logits, trained with SGD on the cross-entropy."""
+class DigitsClassifier(pl.LightningModule):
+    """What the digits classifiers share: cross-entropy, SGD, and loss and accuracy logged once an epoch.
 
-    def __init__(self, hidden: int = 64, lr: float = 0.1, momentum: float = 0.0) -> None:
-        """
-        Args:
-            hidden: Width of the hidden layer.
-            lr: SGD learning rate.
-            momentum: SGD momentum; 0 is plain SGD.
-        """
+    A subclass builds ``self.net``, from 64 pixels to 10 class logits, and calls ``save_hyperparameters()``.
+    """
+
+    def __init__(self, lr: float, momentum: float) -> None:
         super().__init__()
-        if not (isinstance(hidden, int) and hidden > 0):
-            raise ValueError(f"model.hidden={hidden!r} must be a positive integer")
         if not lr > 0:
             raise ValueError(f"model.lr={lr!r} must be > 0")
         if not 0 <= momentum < 1:
             raise ValueError(f"model.momentum={momentum!r} must be in [0, 1)")
-        self.save_hyperparameters()
-        self.net = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES))
         self.val_loss = MeanMetric()
         self.val_acc = Accuracy(task="multiclass", num_classes=N_CLASSES)
         self.test_loss = MeanMetric()
@@ -153,6 +146,49 @@ class MLPClassifier(pl.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self(batch[0]).argmax(dim=1)
+
+
+class MLPClassifier(DigitsClassifier):
+    """64 pixels → hidden ReLU units → 10 class logits, trained with SGD on the cross-entropy."""
+
+    def __init__(self, hidden: int = 64, lr: float = 0.1, momentum: float = 0.0) -> None:
+        """
+        Args:
+            hidden: Width of the hidden layer.
+            lr: SGD learning rate.
+            momentum: SGD momentum; 0 is plain SGD.
+        """
+        super().__init__(lr, momentum)
+        if not (isinstance(hidden, int) and hidden > 0):
+            raise ValueError(f"model.hidden={hidden!r} must be a positive integer")
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES))
+
+
+class CNNClassifier(DigitsClassifier):
+    """The 8×8 image → two 3×3 convolutions (channels, 2·channels) → 2×2 max-pool → 10 class logits."""
+
+    def __init__(self, channels: int = 16, lr: float = 0.02, momentum: float = 0.9) -> None:
+        """
+        Args:
+            channels: Channels of the first convolution; the second has twice as many.
+            lr: SGD learning rate.
+            momentum: SGD momentum; 0 is plain SGD.
+        """
+        super().__init__(lr, momentum)
+        if not (isinstance(channels, int) and channels > 0):
+            raise ValueError(f"model.channels={channels!r} must be a positive integer")
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * channels * 16, N_CLASSES),
+        )
 
 
 def _check(ok: bool, key: str, value: object, rule: str) -> None:
