@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
@@ -123,9 +124,10 @@ class BatchSizeCLI(LightningCLI):
             self._explain(error, args)
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) or self.config
+        given = given_keys(argv or [])
         for key, default_class in self.default_classes.items():
             if default_class is not None and config.get(key) is not None:
-                _drop_inherited_defaults(config[key], default_class)
+                _drop_inherited_defaults(config[key], default_class, {k[len(key) + 1 :] for k in given})
         if printing:
             print(self.parser_of(subcommand).dump(config, skip_none=False), end="")
             sys.exit(0)
@@ -278,12 +280,12 @@ class BatchSizeCLI(LightningCLI):
         return "\n".join(lines)
 
 
-def _drop_inherited_defaults(spec: Any, default_class: type) -> None:
+def _drop_inherited_defaults(spec: Any, default_class: type, given: set[str]) -> None:
     """Give a class chosen by class_path its own defaults where jsonargparse left the default class's in place.
 
     When a class_path replaces the default class, jsonargparse keeps every init arg the new class also has, the
-    default class's defaults among them (jsonargparse issue #460). An init arg equal to the default class's default
-    and unlike the new class's own default is taken as one of those and set to the new class's default.
+    default class's defaults among them (jsonargparse issue #460). An init arg not given on the command line or in a
+    config file, equal to the default class's default and unlike the new class's own, is set to the new class's.
     """
     class_path = getattr(spec, "class_path", None)
     init_args = getattr(spec, "init_args", None)
@@ -296,8 +298,35 @@ def _drop_inherited_defaults(spec: Any, default_class: type) -> None:
         return
     old, new = _init_defaults(default_class), _init_defaults(chosen)
     for key in list(init_args.keys()):
-        if key in old and key in new and init_args[key] == old[key] and new[key] != old[key]:
+        if key not in given and key in old and key in new and init_args[key] == old[key] and new[key] != old[key]:
             init_args[key] = new[key]
+
+
+def given_keys(argv: list[str]) -> set[str]:
+    """The config keys that a command line sets, on it or in its config files, without ``init_args``: data.seed."""
+    keys: set[str] = set()
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict):
+            for name, inner in value.items():
+                walk(inner, prefix if name == "init_args" else f"{prefix}.{name}".lstrip("."))
+        else:
+            keys.add(prefix)
+
+    for index, arg in enumerate(argv):
+        if arg in ("-c", "--config") or arg.startswith("--config="):
+            source = arg.split("=", 1)[1] if "=" in arg else (argv[index + 1] if index + 1 < len(argv) else "")
+            try:
+                text = Path(source).read_text() if Path(source).is_file() else source
+            except (OSError, ValueError):  # an inline config can be longer than a file name may be
+                text = source
+            try:
+                walk(yaml.safe_load(text), "")
+            except yaml.YAMLError:
+                continue
+        elif arg.startswith("--"):
+            keys.add(arg[2:].split("=", 1)[0].replace(".init_args.", "."))
+    return keys
 
 
 def _init_defaults(cls: type) -> dict[str, Any]:

@@ -181,3 +181,17 @@ def test_stacked_configs_and_print_config(capsys):
     configs = ["--config", str(CONFIGS / "b16.yaml"), "--config", str(CONFIGS / "early_stopping.yaml")]
     printed = help_text(capsys, *configs, "--print_config")
     assert "batch_size: 64" in printed and "max_epochs: 50" in printed  # the later config wins
+
+
+def test_print_config_lists_every_callback_a_fit_runs(capsys):
+    from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+
+    from helpers import bundled_cli
+
+    printed = help_text(capsys, "--config", str(CONFIGS / "b16.yaml"), "--print_config")
+    for group in ["early_stopping", "checkpoint", "history", "divergence"]:
+        assert f" {group}: " in f" {printed}", group
+    cli = bundled_cli(["--config", str(CONFIGS / "b16.yaml")])
+    # Lightning's own progress bar and model summary are replaced, and switched by its own flags.
+    kinds = {type(c).__name__ for c in cli.trainer.callbacks if not isinstance(c, ProgressBar | ModelSummary)}
+    assert kinds == {"EarlyStopping", "ModelCheckpoint", "RunHistory", "DivergenceCheck"}

@@ -127,3 +127,15 @@ def test_two_batch_noise_scale_for_a_fork(workdir):
     values = [value for _, value in scalars(workdir / "lightning_logs/default/version_0")["gns/b_simple_two_batch"]]
     assert len(values) == 4 * 12  # one per full window of 2 of the epoch's 25 batches
     assert all(torch.isfinite(torch.tensor(values)))
+
+
+def test_a_class_given_by_class_path_keeps_its_own_defaults(capsys):
+    from batchsize_lit.__main__ import DEFAULT_DATA, DEFAULT_MODEL
+    from batchsize_lit.cli import BatchSizeCLI
+
+    cli = BatchSizeCLI(DEFAULT_MODEL, DEFAULT_DATA, args=CLASSIFIER, run=False)
+    assert cli.datamodule.hparams.n_samples == 400  # not the bundled data module's 1000
+    assert exit_code(["fit", *CLASSIFIER, "--print_config"]) == 0
+    assert "n_samples: 400" in capsys.readouterr().out
+    cli = BatchSizeCLI(DEFAULT_MODEL, DEFAULT_DATA, args=[*CLASSIFIER, "--data.n_samples=1000"], run=False)
+    assert cli.datamodule.hparams.n_samples == 1000  # a value given explicitly stays
