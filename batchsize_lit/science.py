@@ -1,6 +1,7 @@
 """Batch-size science: gradient noise scale, steps to a validation target, and the critical batch size."""
 
 import math
+import random
 import statistics
 from typing import Any, Literal
 
@@ -267,8 +268,9 @@ class StepsToTarget(pl.Callback):
     The target is ``target``, or else (1 + tolerance) × (for mode max, (1 − tolerance) ×) the reference fact
     ``<monitor>_at_optimum`` that the problem provides (see batchsize_lit.problem). The metric is checked after
     each validation; with ``every_n_steps`` the model's ``loss(batch)`` over the whole validation data stands for
-    it every that many steps instead. If a GradientNoiseScale callback runs, B_simple is measured at the moment
-    the target is reached. With ``stop`` the run ends once the target has held for ``hold`` checks.
+    it every that many steps instead. If a GradientNoiseScale callback runs, B_simple is measured when training
+    ends, at the weights of the step from which the target held. With ``stop`` the run ends once the target has
+    held for ``hold`` checks.
     """
 
     def __init__(
@@ -299,6 +301,7 @@ class StepsToTarget(pl.Callback):
         self.b_simple_at_target: float | None = None
         self._held = 0
         self._val: Any = None
+        self._reached_weights: dict[str, Tensor] | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.target is None:
@@ -320,13 +323,13 @@ class StepsToTarget(pl.Callback):
             if self.reached_step is None:
                 history = find_callback(trainer, RunHistory)
                 self.reached_step, self.reached_samples = trainer.global_step, history.samples if history else None
-                gns = find_callback(trainer, GradientNoiseScale)
-                self.b_simple_at_target = gns.measure(trainer, pl_module).get("b_simple") if gns else None
+                # B_simple is measured once the run ends, at these weights: the target can be reached many times.
+                self._reached_weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
             self._held += 1
             if self.stop and self._held >= self.hold:
                 trainer.should_stop = True
         else:
-            self.reached_step = self.reached_samples = self.b_simple_at_target = None  # it must stay reached
+            self.reached_step = self.reached_samples = self._reached_weights = None  # it must stay reached
             self._held = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -338,6 +341,14 @@ class StepsToTarget(pl.Callback):
         value = trainer.callback_metrics.get(self.monitor)
         if self._val is None and value is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
             self._check(trainer, pl_module, float(value))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        gns = find_callback(trainer, GradientNoiseScale)
+        if self._reached_weights is not None and gns is not None and gns.method == "per_example":
+            current = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            pl_module.load_state_dict(self._reached_weights)
+            self.b_simple_at_target = gns.measure(trainer, pl_module).get("b_simple")
+            pl_module.load_state_dict(current)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = {f"target/{self.monitor}": self.target}
@@ -361,27 +372,49 @@ def fit_critical_batch(batch_sizes: list[float], steps: list[float]) -> dict[str
     return {"b_crit": b_crit, "s_min": s_min, "e_min": s_min * b_crit}
 
 
-def critical_batch(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def critical_batch(rows: list[dict[str, Any]], resamples: int = 1000) -> dict[str, Any] | None:
     """Steps to target against batch size, at each batch size's best lr, and the fit of S = S_min·(1 + B_crit/B).
 
     For each (batch size, lr) the steps are averaged over seeds, counting only settings where every seed reached
-    the target; the best lr is the one with the fewest mean steps. Returns None with fewer than 3 batch sizes.
+    the target; the best lr is the one with the fewest mean steps. The spread of B_crit is a bootstrap over seeds:
+    each of ``resamples`` replicates draws every setting's seeds with replacement and fits again. Where the runs
+    measured B_simple when they reached the target, its mean and spread over the chosen runs stand beside B_crit,
+    as McCandlish et al. (2018) predict B_crit ≈ B_noise, for which B_simple stands in. Returns None with fewer
+    than 3 batch sizes.
     """
     runs: dict[tuple[float, float], list[dict[str, Any]]] = {}
     for row in rows:
         if row.get("status") == "ok" and row.get("global_batch_size"):
             runs.setdefault((row["global_batch_size"], row["lr_effective"]), []).append(row)
+    runs = {key: members for key, members in runs.items() if all(r.get("steps_to_target") is not None for r in members)}
+    points = _best_per_batch(runs)
+    if len(points) < 3:
+        return None
+    fit = fit_critical_batch([p["batch_size"] for p in points], [p["steps_to_target"] for p in points])
+    generator = random.Random(0)
+    draws = []
+    for _ in range(resamples):
+        resampled = {key: generator.choices(members, k=len(members)) for key, members in runs.items()}
+        draw = _best_per_batch(resampled)
+        draws.append(fit_critical_batch([p["batch_size"] for p in draw], [p["steps_to_target"] for p in draw]))
+    b_crits = sorted(d["b_crit"] for d in draws)
+    fit["b_crit_low"], fit["b_crit_high"] = b_crits[int(0.025 * resamples)], b_crits[int(0.975 * resamples) - 1]
+    chosen = [row for p in points for row in runs[(p["batch_size"], p["lr"])]]
+    b_simple = [row["b_simple_at_target"] for row in chosen if row.get("b_simple_at_target") is not None]
+    if b_simple:
+        fit["b_simple"] = statistics.fmean(b_simple)
+        fit["b_simple_sd"] = statistics.stdev(b_simple) if len(b_simple) > 1 else 0.0
+        fit["ratio"] = fit["b_crit"] / fit["b_simple"]
+    return {"points": points, "fit": fit}
+
+
+def _best_per_batch(runs: dict[tuple[float, float], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """For each batch size, the lr with the fewest mean steps to target, and its means over seeds."""
     best: dict[float, dict[str, Any]] = {}
     for (batch, lr), members in runs.items():
-        if any(row.get("steps_to_target") is None for row in members):
-            continue
         steps = statistics.fmean(row["steps_to_target"] for row in members)
         if batch not in best or steps < best[batch]["steps_to_target"]:
             samples = statistics.fmean(row["samples_to_target"] for row in members)
             best[batch] = {"batch_size": batch, "lr": lr, "runs": len(members), "steps_to_target": steps,
                            "samples_to_target": samples}  # fmt: skip
-    points = [best[batch] for batch in sorted(best)]
-    if len(points) < 3:
-        return None
-    fit = fit_critical_batch([p["batch_size"] for p in points], [p["steps_to_target"] for p in points])
-    return {"points": points, "fit": fit}
+    return [best[batch] for batch in sorted(best)]

@@ -82,9 +82,15 @@ def report(rows: list[dict[str, Any]], folder: Path, groups: dict[str, str]) -> 
         print(format_table(critical["points"], ["batch_size", "lr", "runs", "steps_to_target", "samples_to_target"]))
         fit = critical["fit"]
         print(
-            f"critical batch size B_crit = {fit['b_crit']:.3g}; S_min = {fit['s_min']:.4g} steps;"
-            f" E_min = {fit['e_min']:.4g} samples (S = S_min·(1 + B_crit/B), best lr per batch size)"
+            f"critical batch size B_crit = {fit['b_crit']:.3g} (95% bootstrap over seeds {fit['b_crit_low']:.3g} to"
+            f" {fit['b_crit_high']:.3g}); S_min = {fit['s_min']:.4g} steps; E_min = {fit['e_min']:.4g} samples"
+            " (S = S_min·(1 + B_crit/B), best lr per batch size)"
         )
+        if "b_simple" in fit:
+            print(
+                f"gradient noise scale at the target B_simple = {fit['b_simple']:.3g} ± {fit['b_simple_sd']:.2g}"
+                f" (mean ± sd over those runs); B_crit / B_simple = {fit['ratio']:.3g}"
+            )
         paths.append(plot_critical_batch(critical, folder))
     for path in paths:
         print(f"plot: {path}")
