@@ -11,13 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT
 from lightning.pytorch import Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset, RandomIterableDataset
 from torch.utils.data import DataLoader
 
 from batchsize_lit import progress
 from batchsize_lit.progress import ThrottledProgressBar
+
+from helpers import ROOT
 
 NUMBER = r"-?\d[\d.e+-]*"
 
