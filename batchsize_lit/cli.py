@@ -19,6 +19,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from batchsize_lit.callbacks import (
     AtomicCheckpointIO,
@@ -240,6 +241,19 @@ class BatchSizeCLI(LightningCLI):
             if parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
         self._claimed = None
+
+    def before_validate(self) -> None:
+        self._require_data("val")
+
+    def before_test(self) -> None:
+        self._require_data("test")
+
+    def _require_data(self, stage: str) -> None:
+        """A clear error where neither the data module nor the model gives this stage any data."""
+        parts = [part for part in (self.datamodule, self.model) if part is not None]
+        if not any(is_overridden(f"{stage}_dataloader", part) for part in parts):
+            name = type(self.datamodule or self.model).__name__
+            raise ValueError(f"{self.subcommand}: {name} gives no {stage} data (is its {stage} split empty?)")
 
     def after_predict(self) -> None:
         predictions = self.trainer.predict_loop.predictions

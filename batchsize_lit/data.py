@@ -168,6 +168,11 @@ class RegressionDataModule(pl.LightningDataModule):
             f"is larger than the training split ({self.n_train} of n_samples={n_samples})",
         )
         self.train_set = self.val_set = self.test_set = None
+        # An empty split has no loader at all, so Lightning runs no loop for it rather than warn about an empty one.
+        if not self.n_val:
+            self.val_dataloader = None
+        if not self.n_test:
+            self.test_dataloader = None
         self._facts: dict[str, float] | None = None
 
     def batches_per_epoch(self, world_size: int = 1) -> int:
@@ -261,11 +266,11 @@ class RegressionDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set, shuffle=False) if self.n_val else []
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader | list:
-        return self._loader(self.test_set, shuffle=False) if self.n_test else []
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set if self.n_test else self.val_set, shuffle=False)

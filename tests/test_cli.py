@@ -195,3 +195,20 @@ def test_print_config_lists_every_callback_a_fit_runs(capsys):
     # Lightning's own progress bar and model summary are replaced, and switched by its own flags.
     kinds = {type(c).__name__ for c in cli.trainer.callbacks if not isinstance(c, ProgressBar | ModelSummary)}
     assert kinds == {"EarlyStopping", "ModelCheckpoint", "RunHistory", "DivergenceCheck"}
+
+
+def test_no_validation_split_trains_on_a_train_monitor_without_warnings(tmp_path):
+    args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=2", "--data.val_fraction=0"]
+    result = run_cli("fit", *args, "--early_stopping.monitor=train_loss_epoch", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "best train_loss_epoch" in result.stdout
+    assert "warn" not in result.stderr.lower(), result.stderr
+
+
+def test_evaluating_an_empty_split_is_one_clean_line(workdir):
+    args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=1"]
+    main(["fit", *args])
+    ckpt = workdir / "lightning_logs/b16/version_0/checkpoints/last.ckpt"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", *args, "--data.test_fraction=0", f"--ckpt_path={ckpt}"])
+    assert str(exit_info.value.code) == "error: test: RegressionDataModule gives no test data (is its test split empty?)"
