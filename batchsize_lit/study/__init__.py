@@ -105,6 +105,9 @@ def progress_line(row: dict[str, Any]) -> str:
     best = row.get("monitor_best")
     value = f"{monitor} {best:.5g}" if best is not None else f"no {monitor}"
     epochs = f"{row['epochs_run']}/{row['max_epochs']}" if row["max_epochs"] != -1 else str(row["epochs_run"])
+    if "steps_to_target" in row:  # a steps-to-target study: when the target was reached says more
+        steps = row["steps_to_target"]
+        value = f"target at step {steps}" if steps is not None else f"target not held in {row['steps']} steps"
     return f"{row['cell']:<24} {row['status']:<8} {epochs} epochs  {value}  {row['seconds']:.1f} s"
 
 
