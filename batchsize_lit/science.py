@@ -378,7 +378,7 @@ def critical_batch(rows: list[dict[str, Any]], resamples: int = 1000) -> dict[st
     For each (batch size, lr) the steps are averaged over seeds, counting only settings where every seed reached
     the target; the best lr is the one with the fewest mean steps. The spread of B_crit is a bootstrap over seeds:
     each of ``resamples`` replicates draws every setting's seeds with replacement and fits again. Where the runs
-    measured B_simple when they reached the target, its mean and spread over the chosen runs stand beside B_crit,
+    measured B_simple when they reached the target, its median and quartiles over the chosen runs stand beside B_crit,
     as McCandlish et al. (2018) predict B_crit ≈ B_noise, for which B_simple stands in. Returns None with fewer
     than 3 batch sizes.
     """
@@ -401,9 +401,10 @@ def critical_batch(rows: list[dict[str, Any]], resamples: int = 1000) -> dict[st
     fit["b_crit_low"], fit["b_crit_high"] = b_crits[int(0.025 * resamples)], b_crits[int(0.975 * resamples) - 1]
     chosen = [row for p in points for row in runs[(p["batch_size"], p["lr"])]]
     b_simple = [row["b_simple_at_target"] for row in chosen if row.get("b_simple_at_target") is not None]
-    if b_simple:
-        fit["b_simple"] = statistics.fmean(b_simple)
-        fit["b_simple_sd"] = statistics.stdev(b_simple) if len(b_simple) > 1 else 0.0
+    if b_simple:  # heavy-tailed: |G|² can come close to 0 near the target, so the median and quartiles
+        fit["b_simple"] = statistics.median(b_simple)
+        quartiles = statistics.quantiles(b_simple, n=4) if len(b_simple) > 1 else [b_simple[0]] * 3
+        fit["b_simple_q1"], fit["b_simple_q3"] = quartiles[0], quartiles[2]
         fit["ratio"] = fit["b_crit"] / fit["b_simple"]
     return {"points": points, "fit": fit}
 

@@ -88,8 +88,8 @@ def report(rows: list[dict[str, Any]], folder: Path, groups: dict[str, str]) -> 
         )
         if "b_simple" in fit:
             print(
-                f"gradient noise scale at the target B_simple = {fit['b_simple']:.3g} ± {fit['b_simple_sd']:.2g}"
-                f" (mean ± sd over those runs); B_crit / B_simple = {fit['ratio']:.3g}"
+                f"gradient noise scale at the target B_simple = {fit['b_simple']:.3g} (median of those runs; quartiles"
+                f" {fit['b_simple_q1']:.3g} to {fit['b_simple_q3']:.3g}); B_crit / B_simple = {fit['ratio']:.3g}"
             )
         paths.append(plot_critical_batch(critical, folder))
     for path in paths:
