@@ -28,6 +28,7 @@ from batchsize_lit.callbacks import (
     EarlyStopping,
     ModelCheckpoint,
     RunHistory,
+    skip_idle_hooks,
 )
 from batchsize_lit.errors import BAD_INPUT, bad_yaml, did_you_mean
 from batchsize_lit.problem import reference_facts, run_report
@@ -214,6 +215,7 @@ class BatchSizeCLI(LightningCLI):
                 trainer.callbacks[index] = ThrottledProgressBar()
             elif type(callback) is ModelSummary:
                 trainer.callbacks[index] = BriefModelSummary()
+        skip_idle_hooks(trainer.callbacks)
         return trainer
 
     def before_fit(self) -> None:

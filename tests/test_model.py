@@ -112,3 +112,15 @@ def test_lr_scaling(scaling, expected):
 def test_bad_lr_names_the_key():
     with pytest.raises(ValueError, match=r"model.lr=0"):
         LinearRegressor(lr=0)
+
+
+def test_idle_per_batch_hooks_are_skipped_and_the_fit_still_runs(workdir):
+    """Lightning skips a hook that is not callable; if it stopped doing so, this fit would raise a TypeError."""
+    from batchsize_lit.callbacks import RunHistory
+    from batchsize_lit.trainer_info import find_callback
+
+    cli = bundled_cli(["--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=1"])
+    history = find_callback(cli.trainer, RunHistory)
+    assert history.on_before_backward is None and history.on_train_batch_end is not None
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert len(history.history) == 1
