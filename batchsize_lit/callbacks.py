@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor
 
 from batchsize_lit.errors import Diverged
-from batchsize_lit.problem import reference_facts
+from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.trainer_info import batch_size, global_batch_size, learning_rate, steps_per_epoch
 
 # The hooks Lightning calls on every callback at every training step or evaluation batch.
@@ -215,7 +215,8 @@ class RunHistory(pl.Callback):
 
     The train loss is what ``training_step`` returns, summed on the device, so no step waits for the host. The
     callback logs it as ``train_loss_step`` (every ``log_every_n_steps``) and ``train_loss_epoch`` unless the model
-    logs a ``train_loss`` itself. Runs of different batch sizes take different numbers of steps per epoch, so their
+    logs a ``train_loss`` itself, and logs the columns of the problem's run report (batchsize_lit.problem) at the
+    end of every epoch. Runs of different batch sizes take different numbers of steps per epoch, so their
     global_step curves do not line up; the ``by_epoch/*`` and ``by_samples/*`` scalars do. At the end of fit the
     hparams tab gets the run's batch sizes, lr and max_epochs against the best monitored value.
     """
@@ -287,8 +288,12 @@ class RunHistory(pl.Callback):
         if self._loss_sum is None:
             return
         mean = trainer.strategy.reduce(self._loss_sum / self._batches, reduce_op="mean")  # over DDP ranks
-        if self._logs_train_loss:
+        if self._logs_train_loss and any(getattr(c, "monitor", None) == "train_loss_epoch" for c in trainer.callbacks):
             pl_module.log("train_loss_epoch", mean, sync_dist=True)  # already reduced; without it Lightning warns
+        elif self._logs_train_loss:  # nothing monitors it: straight to the loggers, a fraction of a self.log call
+            self._log(trainer, {"train_loss_epoch": float(mean)})
+        report = run_report(reference_facts(trainer.datamodule, pl_module), pl_module, trainer.datamodule)
+        self._log(trainer, report.columns)  # the problem's report columns, e.g. the learned weight and bias
         epoch = trainer.current_epoch + 1
         row = {"epoch": epoch, "step": trainer.global_step, "samples": self.samples, "train_loss": float(mean)}
         if self._value is None and self.monitor == "train_loss_epoch":
@@ -331,6 +336,12 @@ class RunHistory(pl.Callback):
 
     def last(self, key: str) -> float | None:
         return self.history[-1].get(key) if self.history else None
+
+    @staticmethod
+    def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+        if metrics:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
 
     def _write(self, trainer: pl.Trainer, name: str, value: float, epoch: int) -> None:
         for logger in trainer.loggers:

@@ -17,7 +17,8 @@ class LinearRegressor(pl.LightningModule):
     """y ≈ w·x + b, one weight and one bias, trained with SGD on MSE.
 
     It logs as any model may: the template logs the train loss, per step and as the epoch mean, from what
-    ``training_step`` returns, so the model logs only its validation and test metrics, once an epoch.
+    ``training_step`` returns, and the learned weight and bias every epoch from ``run_report``, so the model logs
+    only its validation and test metrics, once an epoch.
     """
 
     def __init__(
@@ -64,11 +65,6 @@ class LinearRegressor(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self.loss(batch)
-
-    def on_train_epoch_end(self) -> None:
-        # The same on every DDP rank; sync_dist only states that they are one value.
-        weights = {"weight": self.linear.weight.detach().squeeze(), "bias": self.linear.bias.detach().squeeze()}
-        self.log_dict(weights, sync_dist=True)
 
     # The metrics accumulate in each step and are logged once an epoch: a self.log call costs about a
     # millisecond on CPU, several times a validation batch of this model.
