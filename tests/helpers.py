@@ -1,5 +1,7 @@
 """Helpers the tests share: running the command line as a user does, and reading back what a run wrote."""
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +10,7 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from batchsize_lit import LinearRegressor, RegressionDataModule
+from batchsize_lit.__main__ import main
 from batchsize_lit.cli import BatchSizeCLI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +32,35 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120
         text=True,
         timeout=timeout,
     )
+
+
+# A tiny study's base config: 200 points, 3 epochs, no early stopping.
+BASE = {
+    "data": {"n_samples": 200},
+    "early_stopping": {"patience": None, "restore_best_weights": False},
+    "trainer": {"accelerator": "cpu", "max_epochs": 3},
+}
+
+
+def write_study(folder: Path, grid: dict, base: dict | None = None, name: str = "tiny") -> Path:
+    """A study config file with this grid and base (BASE by default)."""
+    path = folder / f"{name}.yaml"
+    path.write_text(json.dumps({"base": base or BASE, "grid": grid}))
+    return path
+
+
+def run(*args: str) -> int | str:
+    """The study command's exit status, run in this process: 0, or what it exited with."""
+    try:
+        main(["study", *args])
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as file:
+        return list(csv.DictReader(file))
 
 
 def bundled_cli(args: list[str]) -> BatchSizeCLI:

@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_study import BASE, read_csv, run, write_study
 
 from batchsize_lit import LinearRegressor
 from batchsize_lit.study.grid import fit_args
 from batchsize_lit.study.ray_executor import cell_options, trainer_setting
 
-from helpers import ROOT, run_cli
+from helpers import BASE, ROOT, read_csv, run, run_cli, write_study
 
 SAME = ["cell", "steps", "epochs_run", "train_loss", "val_loss", "test_loss", "weight", "bias", "status"]
 

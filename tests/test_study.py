@@ -1,45 +1,15 @@
 """The study command: grid expansion, a small study end to end, one cell of a job array, report-only, resume."""
 
-import csv
-import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from batchsize_lit.__main__ import main
 from batchsize_lit.study.grid import cell_name, expand
 
-from helpers import ROOT
-
-BASE = {
-    "data": {"n_samples": 200},
-    "early_stopping": {"patience": None, "restore_best_weights": False},
-    "trainer": {"accelerator": "cpu", "max_epochs": 3},
-}
-
-
-def write_study(folder: Path, grid: dict, base: dict | None = None, name: str = "tiny") -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(json.dumps({"base": base or BASE, "grid": grid}))
-    return path
-
-
-def run(*args: str) -> int | str:
-    """The study command's exit status: 0, or what it exited with."""
-    try:
-        main(["study", *args])
-    except SystemExit as exit_info:
-        return exit_info.code
-    return 0
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path) as file:
-        return list(csv.DictReader(file))
+from helpers import BASE, ROOT, read_csv, run, write_study
 
 
 def test_expand_is_the_product_in_grid_order():
