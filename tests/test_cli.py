@@ -76,14 +76,15 @@ def test_custom_module_by_class_path(tmp_path):
         "--config",
         str(CONFIGS / "b128.yaml"),
         *QUIET,
-        "--model=custom_models.TinyMLP",
+        "--model=fork.regression.SineRegressor",
         "--model.hidden=4",
+        "--early_stopping.monitor=val/loss",
         "--trainer.max_epochs=3",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     run = tmp_path / "lightning_logs/b128/version_0"
-    assert "val_loss" in scalars(run) and "by_epoch/train_loss" in scalars(run)
+    assert "val/loss" in scalars(run) and "by_epoch/train_loss" in scalars(run)
     ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     assert ckpt["state_dict"]["net.0.weight"].shape == (4, 1)
 

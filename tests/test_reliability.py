@@ -87,7 +87,7 @@ def test_same_seed_gives_identical_curves(workdir):
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
-    recorder = '{"class_path": "custom_models.ShardRecorder", "init_args": {"out": "' + str(tmp_path) + '"}}'
+    recorder = '{"class_path": "fork.recorder.ShardRecorder", "init_args": {"out": "' + str(tmp_path) + '"}}'
     args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=3"]
     args += ["--trainer.devices=2", "--trainer.strategy=ddp", f"--trainer.callbacks+={recorder}"]
     result = run_cli("fit", *args, cwd=tmp_path, timeout=300)

@@ -18,7 +18,7 @@ from batchsize_lit.science import (
     fit_critical_batch,
 )
 
-from custom_models import TinyMLP
+from fork.regression import SineRegressor
 from helpers import CONFIGS, QUIET
 
 W, B = 2.2, 0.4  # fixed weights away from the optimum, so that |G| is not tiny
@@ -157,7 +157,7 @@ def test_two_batch_estimate_for_another_model_under_gradient_accumulation(tmp_pa
     noise = GradientNoiseScale()
     trainer = Trainer(accelerator="cpu", max_epochs=3, accumulate_grad_batches=4, callbacks=[noise], logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-    trainer.fit(TinyMLP(), RegressionDataModule(batch_size=8))
+    trainer.fit(SineRegressor(), RegressionDataModule(batch_size=8))
     assert noise.estimator.grad_norm_sq is not None and noise.last["b_simple"] > 0
 
 
