@@ -177,7 +177,8 @@ class GradientNoiseScale(pl.Callback):
     Which estimator runs, said once at the start:
     - per_example: the model has a ``loss(batch)`` method (see batchsize_lit.problem.HasLoss). Exact per-example
       gradients by ``torch.func`` over the training split, or a fixed random subset of ``max_examples`` of it, at
-      the end of every epoch and, if every_n_steps is set, every that many steps. Small models get B_noise too.
+      the end of every ``every_n_epochs`` epochs and every ``every_n_steps`` steps if set, and when
+      StepsToTarget asks. Small models get B_noise too.
     - two_batch: otherwise, with accumulate_grad_batches ≥ 2. The unbiased two-batch estimator
       (TwoBatchEstimator), comparing each micro-batch's gradient with the accumulated one at every optimizer step.
       Under DDP the gradients are already averaged over devices, so the two batch sizes are world_size times the
@@ -185,14 +186,22 @@ class GradientNoiseScale(pl.Callback):
     - none: neither applies; nothing is logged.
     """
 
-    def __init__(self, every_n_steps: int | None = None, max_examples: int | None = 4096, ema: float = 0.95) -> None:
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        every_n_epochs: int | None = 1,
+        max_examples: int | None = 4096,
+        ema: float = 0.95,
+    ) -> None:
         """
         Args:
             every_n_steps: Also measure every this many optimizer steps (per-example estimator only).
+            every_n_epochs: Measure at the end of every this many epochs (per-example estimator only); null never,
+                as when only StepsToTarget asks for it, at the target.
             max_examples: Most training examples the per-example estimator uses; null uses them all.
             ema: Smoothing of the two-batch estimator's numerator and denominator, per optimizer step.
         """
-        self.every_n_steps, self.max_examples = every_n_steps, max_examples
+        self.every_n_steps, self.every_n_epochs, self.max_examples = every_n_steps, every_n_epochs, max_examples
         self.estimator = TwoBatchEstimator(ema)
         self.method: Literal["per_example", "two_batch", "none"] = "none"
         self.last: dict[str, float] = {}
@@ -225,7 +234,8 @@ class GradientNoiseScale(pl.Callback):
         return dict(self.last)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.measure(trainer, pl_module)
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.measure(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.method == "per_example" and self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
