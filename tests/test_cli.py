@@ -1,5 +1,9 @@
 """The command line as a user runs it: configs, run folders, TensorBoard files, checkpoints, errors."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -214,3 +218,17 @@ def test_evaluating_an_empty_split_is_one_clean_line(workdir):
         main(["test", *args, "--data.test_fraction=0", f"--ckpt_path={ckpt}"])
     expected = "error: test: RegressionDataModule gives no test data (is its test split empty?)"
     assert str(exit_info.value.code) == expected
+
+
+def test_a_fit_piped_to_a_file_writes_a_short_plain_log(tmp_path):
+    """The README's main command with default flags, its console sent to a file as in CI logs or nohup."""
+    with open(tmp_path / "out.txt", "w") as out:
+        env = {**os.environ, "PYTHONPATH": str(CONFIGS.parent / "tests")}
+        command = [sys.executable, "-m", "batchsize_lit", "fit", "--config", str(CONFIGS / "b16.yaml")]
+        assert subprocess.run(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env).returncode == 0
+    text = (tmp_path / "out.txt").read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 60, text
+    assert "\r" not in text and "Tip" not in text and "warn" not in text.lower(), text
+    assert sum(line.startswith("epoch ") for line in lines) == 13  # one line per epoch, early stop at 13
+    assert lines[-11].startswith("Fit finished: 13 of 20 epochs")

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from batchsize_lit.study.grid import cell_name, expand
 
-from helpers import BASE, ROOT, read_csv, run, write_study
+from helpers import BASE, ROOT, read_csv, run, run_cli, write_study
 
 
 def test_expand_is_the_product_in_grid_order():
@@ -57,6 +57,7 @@ def test_two_cell_study_end_to_end(workdir, capsys):
     for png in ["train_loss_by_epoch.png", "train_loss_by_step_and_samples.png"]:
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for cell in ["bs8", "bs64"]:
+        assert len(list((folder / cell).glob("events.out.tfevents.*"))) == 1  # fit and test share one event file
         events = EventAccumulator(str(folder / cell))
         events.Reload()
         tags = events.Tags()["scalars"]
@@ -130,3 +131,28 @@ def test_a_long_study_keeps_memory_and_open_files_flat(tmp_path):
     files = re.search(r"open files after cell 10: (\d+), after cell 100: (\d+)", result.stdout)
     assert ratio <= 1.10, result.stdout
     assert int(files.group(2)) <= int(files.group(1)), result.stdout
+
+
+@pytest.mark.slow
+def test_a_slurm_job_array_reports_what_a_local_run_does(tmp_path):
+    """Each cell in its own process with the variables a SLURM array task has (Lightning reads them too), then one
+    report-only call: the same results.csv as a local run of the whole grid."""
+    config = str(write_study(tmp_path, {"data.batch_size": [8, 64]}, name="array"))
+    local, array = tmp_path / "local", tmp_path / "array"
+    local.mkdir(), array.mkdir()
+    assert run_cli("study", "--config", config, cwd=local).returncode == 0
+    for task in range(2):
+        slurm = {"SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": "2",
+                 "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "1", "SLURM_JOB_ID": str(4243 + task),
+                 "SLURM_JOB_NAME": "batch-sweep", "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                 "SLURM_NODEID": "0", "SLURM_CPUS_PER_TASK": "2", "SLURM_JOB_NUM_NODES": "1"}  # fmt: skip
+        result = run_cli("study", "--config", config, "--trial_index", str(task), cwd=array, env=slurm)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr and "warn" not in result.stderr.lower(), result.stderr
+    assert not (array / "lightning_logs/array/results.csv").exists()
+    report = run_cli("study", "--config", config, "--report_only", "true", cwd=array)
+    assert report.returncode == 0, report.stderr
+    rows = [read_csv(folder / "lightning_logs/array/results.csv") for folder in (local, array)]
+    for row in rows[0] + rows[1]:
+        del row["seconds"]
+    assert rows[0] == rows[1]
