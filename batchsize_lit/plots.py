@@ -82,7 +82,9 @@ def plot_critical_batch(critical: dict[str, Any], folder: Path) -> Path:
         panel.set_xscale("log", base=2)
         panel.set_yscale("log")
         panel.set_xlabel("global batch size B")
-        panel.axvline(fit["b_crit"], color="red", alpha=0.3)
+        panel.axvline(fit["b_crit"], color="red", alpha=0.3, label="B_crit")
+        if "b_simple" in fit:  # the noise scale McCandlish et al. predict B_crit to be close to
+            panel.axvline(fit["b_simple"], color="purple", alpha=0.4, linestyle="-.", label="B_simple at target")
         panel.grid(True, which="both", alpha=0.3)
         panel.legend(fontsize="small")
     figure.suptitle(f"{folder.name}: steps and samples to the validation target")
