@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor
 
-from batchsize_lit.errors import Diverged
+from batchsize_lit.errors import BadInput, Diverged
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.trainer_info import batch_size, global_batch_size, learning_rate, steps_per_epoch
 
@@ -123,7 +123,7 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
             if cut_short and self._validated_epoch != trainer.current_epoch:
                 return  # the epoch ended before its validation: nothing to check
             if self.strict:
-                raise ValueError(never_logged("early_stopping.monitor", self.monitor, trainer))
+                raise BadInput(never_logged("early_stopping.monitor", self.monitor, trainer))
         best_before = self.best_score
         parent_hook(trainer, pl_module)
         if self.best_score is not best_before:  # Lightning replaces best_score only on an improvement
@@ -202,9 +202,9 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
-            if self.last_model_path and os.path.isfile(self.last_model_path):
-                epoch = torch.load(self.last_model_path, map_location="cpu", weights_only=True)["epoch"] + 1
-                where = f"{self.last_model_path} holds the end of epoch {epoch}; resume with --ckpt_path last"
+            finished = trainer.current_epoch  # last.ckpt is written at the end of every epoch
+            if self.last_model_path and finished:
+                where = f"{self.last_model_path} holds the end of epoch {finished}; resume with --ckpt_path last"
             else:
                 where = "no epoch had finished, so there is no last.ckpt to resume from"
             print(f"Interrupted in epoch {trainer.current_epoch + 1}: {where}", file=sys.stderr)
@@ -239,6 +239,9 @@ class RunHistory(pl.Callback):
         self._value: float | None = None
         self._before: Any = None
         self._logs_train_loss: bool | None = None
+        self._count_samples = True
+        self._facts: dict[str, float] = {}
+        self._epoch_loss_monitored = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "samples": self.samples}
@@ -252,14 +255,23 @@ class RunHistory(pl.Callback):
             if steps is not None and 0 < steps < trainer.log_every_n_steps:
                 trainer.log_every_n_steps = steps
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._facts = reference_facts(trainer.datamodule, pl_module)
+        self._epoch_loss_monitored = any(getattr(c, "monitor", None) == "train_loss_epoch" for c in trainer.callbacks)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._loss_sum, self._batches, self._value = None, 0, None
         self._before = trainer.callback_metrics.get(self.monitor)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
-        first = batch[0] if isinstance(batch, list | tuple) else None
-        size = first.shape[0] if isinstance(first, Tensor) else extract_batch_size(batch)
-        self.samples += size * trainer.world_size
+        if self._count_samples:
+            first = batch[0] if isinstance(batch, list | tuple) else None
+            try:
+                size = first.shape[0] if isinstance(first, Tensor) else extract_batch_size(batch)
+            except Exception:  # a batch with no tensor to size it by: samples are not counted
+                self._count_samples = False
+                return
+            self.samples += size * trainer.world_size
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -267,7 +279,7 @@ class RunHistory(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, Tensor):
             return
-        loss = loss.detach()
+        loss = loss.detach() * trainer.accumulate_grad_batches  # Lightning hands callbacks the loss divided by it
         self._loss_sum = loss.clone() if self._loss_sum is None else self._loss_sum.add_(loss)
         self._batches += 1
         if self._logs_train_loss is None:  # a model that logs its own train_loss keeps it
@@ -285,24 +297,23 @@ class RunHistory(pl.Callback):
             self._write(trainer, self.monitor, self._value, trainer.current_epoch + 1)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._loss_sum is None:
-            return
-        mean = trainer.strategy.reduce(self._loss_sum / self._batches, reduce_op="mean")  # over DDP ranks
-        if self._logs_train_loss and any(getattr(c, "monitor", None) == "train_loss_epoch" for c in trainer.callbacks):
-            pl_module.log("train_loss_epoch", mean, sync_dist=True)  # already reduced; without it Lightning warns
-        elif self._logs_train_loss:  # nothing monitors it: straight to the loggers, a fraction of a self.log call
-            self._log(trainer, {"train_loss_epoch": float(mean)})
-        report = run_report(reference_facts(trainer.datamodule, pl_module), pl_module, trainer.datamodule)
-        self._log(trainer, report.columns)  # the problem's report columns, e.g. the learned weight and bias
         epoch = trainer.current_epoch + 1
-        row = {"epoch": epoch, "step": trainer.global_step, "samples": self.samples, "train_loss": float(mean)}
-        if self._value is None and self.monitor == "train_loss_epoch":
-            self._value = row["train_loss"]
-            self._write(trainer, self.monitor, self._value, epoch)
+        row: dict[str, float] = {"epoch": epoch, "step": trainer.global_step, "samples": self.samples}
+        if self._loss_sum is not None:  # None when training_step returns no loss (manual optimization)
+            mean = trainer.strategy.reduce(self._loss_sum / self._batches, reduce_op="mean")  # over DDP ranks
+            row["train_loss"] = float(mean)
+            if self._logs_train_loss and self._epoch_loss_monitored:
+                pl_module.log("train_loss_epoch", mean, sync_dist=True)  # already reduced; without it Lightning warns
+            elif self._logs_train_loss:  # nothing monitors it: straight to the loggers, a fraction of a self.log call
+                self._log(trainer, {"train_loss_epoch": row["train_loss"]})
+            self._write(trainer, "train_loss", row["train_loss"], epoch)
+            if self._value is None and self.monitor == "train_loss_epoch":
+                self._value = row["train_loss"]
+                self._write(trainer, self.monitor, self._value, epoch)
+        self._log(trainer, run_report(self._facts, pl_module, trainer.datamodule).columns)  # e.g. weight and bias
         if self._value is not None:
             row[self.monitor] = self._value
         self.history.append(row)
-        self._write(trainer, "train_loss", row["train_loss"], epoch)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         params = {
@@ -384,7 +395,8 @@ class DivergenceCheck(pl.Callback):
             self._check(trainer)
 
     def _check(self, trainer: pl.Trainer) -> None:
-        if bool(torch.isfinite(self._loss)):
+        finite = bool(torch.isfinite(self._loss))
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):  # every DDP rank stops, or none
             return
         lr = learning_rate(trainer)
         if lr is None or self._limit is None:
@@ -427,7 +439,7 @@ class BriefModelSummary(ModelSummary):
         trainable_parameters: int,
         model_size: float,
         total_training_modes: dict[str, int],
-        total_flops: int,
+        total_flops: int = 0,
         **summarize_kwargs: Any,
     ) -> None:
         columns = dict(summary_data)

@@ -4,6 +4,7 @@ import importlib
 import inspect
 import logging
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -19,6 +20,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from batchsize_lit.callbacks import (
@@ -30,7 +32,7 @@ from batchsize_lit.callbacks import (
     RunHistory,
     skip_idle_hooks,
 )
-from batchsize_lit.errors import BAD_INPUT, bad_yaml, did_you_mean
+from batchsize_lit.errors import BAD_INPUT, BadInput, bad_yaml, did_you_mean
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.progress import ThrottledProgressBar
 from batchsize_lit.trainer_info import find_callback
@@ -80,6 +82,7 @@ class BatchSizeCLI(LightningCLI):
         self.parsers: list[LightningArgumentParser] = []
         self.log_dir: str | None = None
         self._claimed: Path | None = None
+        self._given: set[str] = set()
         kwargs.setdefault("model_class", LightningModule)
         kwargs.setdefault("datamodule_class", LightningDataModule)
         kwargs.setdefault("subclass_mode_model", True)
@@ -91,9 +94,13 @@ class BatchSizeCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", None)
         try:
             super().__init__(args=args, run=run, **kwargs)
-        except BAD_INPUT:
-            self.remove_new_run()
-            raise
+        except BAD_INPUT as error:
+            trainer = getattr(self, "trainer", None)
+            if isinstance(error, BadInput) or trainer is None or trainer.global_step == 0:
+                self.remove_new_run()  # nothing trained: the input was bad
+                raise
+            folder = f"; the run folder {self.log_dir} is kept" if self.log_dir else ""
+            raise RuntimeError(f"fit failed at step {trainer.global_step}{folder}") from error  # a fault: traceback
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         parser = super().init_parser(**kwargs)
@@ -126,7 +133,7 @@ class BatchSizeCLI(LightningCLI):
             self._explain(error, args)
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) or self.config
-        given = given_keys(argv or [])
+        given = self._given = given_keys(argv or [])
         for key, default_class in self.default_classes.items():
             if default_class is not None and config.get(key) is not None:
                 _drop_inherited_defaults(config[key], default_class, {k[len(key) + 1 :] for k in given})
@@ -135,7 +142,8 @@ class BatchSizeCLI(LightningCLI):
             sys.exit(0)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in ("best", "last", "hpc", "registry"):
-            check_checkpoint(ckpt_path)  # before Lightning reads the checkpoint's hyperparameters from it
+            # Checked before Lightning reads the checkpoint's hyperparameters from it.
+            check_checkpoint(ckpt_path, weights_only=config.get("weights_only") is not False)
 
     def parser_of(self, subcommand: str | None) -> LightningArgumentParser:
         """The parser of a subcommand, or the main one: the subcommand parsers are made after it, in this order."""
@@ -163,17 +171,34 @@ class BatchSizeCLI(LightningCLI):
             logger.init_args.name = config_stem(config, "default")
         if config.get("weights_only", False) is None:  # checkpoints hold tensors and plain data only
             config.weights_only = True
+        if config.trainer.get("enable_checkpointing") is False:
+            raise BadInput(
+                "trainer.enable_checkpointing=false: this template always has its checkpoint callback; write no "
+                "checkpoint with --checkpoint.save_top_k 0 --checkpoint.save_last false"
+            )
         stopping, checkpoint = config.get("early_stopping"), config.get("checkpoint")
-        if stopping and checkpoint and checkpoint.monitor == "val_loss" and stopping.monitor != "val_loss":
+        if (
+            stopping
+            and checkpoint
+            and "checkpoint.monitor" not in self._given
+            and stopping.monitor != checkpoint.monitor
+        ):
             checkpoint.monitor, checkpoint.mode = stopping.monitor, stopping.get("mode", "min")  # follow, unless set
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last" and self.subcommand == "fit":
+            if not tensorboard:
+                raise BadInput("ckpt_path='last' resumes the newest run folder of the TensorBoard logger; give a path")
             config.ckpt_path = self._resume_in_place(logger)
         elif ckpt_path and self.subcommand != "fit" and tensorboard and _is_run_checkpoint(ckpt_path):
             run = Path(os.path.relpath(ckpt_path)).parent.parent  # evaluate into the run the checkpoint came from
             logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
             logger.init_args.version = run.name
-        if tensorboard and self.subcommand == "fit" and logger.init_args.get("version") is None:
+        if (
+            tensorboard
+            and self.subcommand == "fit"
+            and logger.init_args.get("version") is None
+            and rank_zero_only.rank == 0
+        ):
             logger.init_args.version = self._claim_run(Path(logger.init_args.save_dir, logger.init_args.name))
 
     def _claim_run(self, parent: Path) -> str:
@@ -189,7 +214,7 @@ class BatchSizeCLI(LightningCLI):
                 except FileExistsError:
                     version += 1
         except OSError as error:
-            raise ValueError(f"cannot write the log folder {parent}: {error.strerror or error}") from None
+            raise BadInput(f"cannot write the log folder {parent}: {error.strerror or error}") from None
         self._claimed = parent / f"version_{version}"
         return f"version_{version}"
 
@@ -197,11 +222,15 @@ class BatchSizeCLI(LightningCLI):
         """`--ckpt_path last`: the newest run of this name that has a last.ckpt, continued in its own folder."""
         init = logger.init_args
         runs = sorted(
-            Path(init.save_dir, init.name).glob("version_*/checkpoints/last.ckpt"),
-            key=lambda path: int(path.parts[-3].split("_")[1]),
+            (
+                p
+                for p in Path(init.save_dir, init.name).glob("version_*/checkpoints/last.ckpt")
+                if p.parts[-3][8:].isdigit()
+            ),
+            key=lambda path: int(path.parts[-3][8:]),
         )
         if not runs:
-            raise ValueError(f"ckpt_path='last': no last.ckpt under {Path(init.save_dir, init.name)}")
+            raise BadInput(f"ckpt_path='last': no last.ckpt under {Path(init.save_dir, init.name)}")
         check_checkpoint(str(runs[-1]), "ckpt_path='last'")
         init.version = runs[-1].parts[-3]
         return str(runs[-1])
@@ -220,8 +249,8 @@ class BatchSizeCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._started = time.perf_counter()
-        self.log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks, here
-        if self.log_dir and self.trainer.is_global_zero:  # a resumed run rewrites its own config.yaml
+        self.log_dir = self.trainer.log_dir if self.trainer.loggers else None  # every DDP rank asks, here
+        if self.log_dir and rank_zero_only.rank == 0:  # a resumed run rewrites its own config.yaml
             Path(self.log_dir).mkdir(parents=True, exist_ok=True)
             config = self.config[self.subcommand] if self.subcommand else self.config
             self.parser_of(self.subcommand).save(
@@ -230,7 +259,7 @@ class BatchSizeCLI(LightningCLI):
 
     def after_fit(self) -> None:
         self._claimed = None  # the run is complete: nothing to remove
-        if self.trainer.is_global_zero:
+        if rank_zero_only.rank == 0:
             print(self.summary(time.perf_counter() - self._started))
 
     def remove_new_run(self) -> None:
@@ -255,11 +284,11 @@ class BatchSizeCLI(LightningCLI):
         parts = [part for part in (self.datamodule, self.model) if part is not None]
         if not any(is_overridden(f"{stage}_dataloader", part) for part in parts):
             name = type(self.datamodule or self.model).__name__
-            raise ValueError(f"{self.subcommand}: {name} gives no {stage} data (is its {stage} split empty?)")
+            raise BadInput(f"{self.subcommand}: {name} gives no {stage} data (is its {stage} split empty?)")
 
     def after_predict(self) -> None:
         predictions = self.trainer.predict_loop.predictions
-        if predictions and self.trainer.is_global_zero:
+        if predictions and rank_zero_only.rank == 0 and all(isinstance(p, torch.Tensor) for p in predictions):
             values = torch.cat([torch.as_tensor(p).flatten() for p in predictions])
             head = ", ".join(f"{v:.4f}" for v in values[:5].tolist())
             print(f"{len(values)} predictions: {head}{', ...' if len(values) > 5 else ''}")
@@ -350,19 +379,21 @@ def _init_defaults(cls: type) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
-def check_checkpoint(path: str, key: str | None = None) -> None:
+def check_checkpoint(path: str, key: str | None = None, weights_only: bool = True) -> None:
     """A clear error for a checkpoint that is missing or cannot be read, naming an older one that can."""
     key = key or f"ckpt_path={path!r}"
     if not Path(path).is_file():
-        raise ValueError(f"{key} does not exist")
+        raise BadInput(f"{key} does not exist")
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+    except pickle.UnpicklingError:
+        raise BadInput(f"{key}: {path} holds more than tensors; if you trust it, add --weights_only false") from None
     except Exception as error:  # a truncated or foreign file; torch raises several kinds
         reason = " ".join(str(error).split()).split(". ")[0][:160]
         others = sorted(Path(path).parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
         usable = next((str(p) for p in others if str(p) != str(path) and _readable(p)), None)
         hint = f"; {usable} can be used instead" if usable else ""
-        raise ValueError(f"{key}: {path} cannot be read, it may be truncated ({reason}){hint}") from None
+        raise BadInput(f"{key}: {path} cannot be read, it may be truncated ({reason}){hint}") from None
 
 
 def _readable(path: Path) -> bool:

@@ -171,6 +171,8 @@ class RegressionDataModule(pl.LightningDataModule):
         # An empty split has no loader at all, so Lightning runs no loop for it rather than warn about an empty one.
         if not self.n_val:
             self.val_dataloader = None
+            # val_fraction 0 asks for no validation: Lightning's notice that it skips the loop says nothing new.
+            warnings.filterwarnings("ignore", "You defined a `validation_step` but have no `val_dataloader`")
         if not self.n_test:
             self.test_dataloader = None
         self._facts: dict[str, float] | None = None

@@ -20,6 +20,10 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class BadInput(ValueError):
+    """A value the template's own checks reject: a clean error whenever it is found, even during training."""
+
+
 # What bad input raises: our own checks (ValueError), jsonargparse's and Lightning's. A run that stops on one of
 # these leaves no run folder behind.
 BAD_INPUT = (ArgumentError, ValueError, MisconfigurationException)

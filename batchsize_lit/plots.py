@@ -30,7 +30,8 @@ def plot_curves(curves: list[dict[str, Any]], folder: Path, floor: float | None 
         folder: Where the PNG files go.
         floor: A loss floor to draw as a dashed line, if the problem has one.
     """
-    groups = {curve["name"]: curve["histories"] for curve in curves if curve["histories"]}
+    groups = {curve["name"]: [h for h in curve["histories"] if h and "train_loss" in h[0]] for curve in curves}
+    groups = {name: histories for name, histories in groups.items() if histories}
     paths = []
     for name, axes in [("train_loss_by_epoch", ["epoch"]), ("train_loss_by_step_and_samples", ["step", "samples"])]:
         figure, panels = plt.subplots(1, len(axes), figsize=(6.4 * len(axes), 4.4), squeeze=False)

@@ -1,5 +1,6 @@
 """The optional interface through which a model or data module adds its problem's facts, report and loss."""
 
+import inspect
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from torch import Tensor
@@ -45,6 +46,11 @@ class HasLoss(Protocol):
     with ``torch.func``, and ``StepsToTarget`` evaluates it on the validation split between validations."""
 
     def loss(self, batch: Any) -> Tensor: ...
+
+
+def has_loss(model: Any) -> bool:
+    """Whether the model's class defines a ``loss(batch)`` method; a loss module kept as ``self.loss`` is not one."""
+    return inspect.isfunction(getattr(type(model), "loss", None))
 
 
 def reference_facts(*parts: Any) -> dict[str, float]:

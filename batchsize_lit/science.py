@@ -13,7 +13,8 @@ from torch.func import functional_call, grad, jacrev, vmap
 from torch.utils.data import DataLoader, Subset
 
 from batchsize_lit.callbacks import RunHistory
-from batchsize_lit.problem import HasLoss, reference_facts
+from batchsize_lit.errors import BadInput
+from batchsize_lit.problem import has_loss, reference_facts
 from batchsize_lit.trainer_info import batch_size, find_callback
 
 
@@ -211,7 +212,7 @@ class GradientNoiseScale(pl.Callback):
         self._micro_sq: list[float] = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if isinstance(pl_module, HasLoss):
+        if has_loss(pl_module):
             self.method = "per_example"
             self._examples, self._population = _examples(trainer.train_dataloader, self.max_examples)
             used = len(_first_tensor(self._examples))
@@ -226,9 +227,18 @@ class GradientNoiseScale(pl.Callback):
             )
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Measure now, log under gns/, and return the values (per-example estimator; else the latest values)."""
+        """Measure now, log under gns/, and return the values (per-example estimator; else the latest values).
+
+        The model is measured in eval mode (no dropout), as ``vmap`` needs, and put back in the mode it was in.
+        """
         if self.method == "per_example":
-            self.last = per_example_noise_scale(pl_module, self._examples, self._population)
+            training = pl_module.training
+            pl_module.eval()
+            try:
+                examples = _map_tensors(lambda t: t.to(pl_module.device), self._examples)
+                self.last = per_example_noise_scale(pl_module, examples, self._population)
+            finally:
+                pl_module.train(training)
             for logger in trainer.loggers:
                 logger.log_metrics({f"gns/{key}": value for key, value in self.last.items()}, step=trainer.global_step)
         return dict(self.last)
@@ -317,16 +327,16 @@ class StepsToTarget(pl.Callback):
         if self.target is None:
             reference = reference_facts(trainer.datamodule, pl_module).get(f"{self.monitor}_at_optimum")
             if reference is None:
-                raise ValueError(
+                raise BadInput(
                     f"StepsToTarget(monitor={self.monitor!r}) needs a target: this problem gives no "
                     f"{self.monitor}_at_optimum"
                 )
             self.target = reference * (1 + self.tolerance if self.mode == "min" else 1 - self.tolerance)
         if self.every_n_steps:
-            if not isinstance(pl_module, HasLoss):
-                raise ValueError("StepsToTarget.every_n_steps needs a model with a loss(batch) method")
+            if not has_loss(pl_module):
+                raise BadInput("StepsToTarget.every_n_steps needs a model with a loss(batch) method")
             source = trainer.datamodule if trainer.datamodule is not None else pl_module
-            self._val = _concatenate(list(source.val_dataloader()))
+            self._val = _map_tensors(lambda t: t.to(pl_module.device), _concatenate(list(source.val_dataloader())))
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, value: float) -> None:
         if value <= self.target if self.mode == "min" else value >= self.target:

@@ -156,3 +156,28 @@ def test_a_hard_killed_study_resumes_to_a_clean_runs_results(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "1 cell(s) already done" in resumed.stdout
     assert rows_without_time(folder / "results.csv") == rows_without_time(clean / "lightning_logs/killed/results.csv")
+
+
+def test_an_error_in_model_code_during_training_keeps_the_run_and_its_traceback(tmp_path):
+    """A ValueError raised by the model's own code after training began is a fault, not bad input."""
+    args = ["fit", *FIT, "--model=fork.broken.FlakyRegressor", "--model.hidden=13", "--early_stopping.monitor=val/loss"]
+    args += ["--model.init_args.fail_at_step=5"]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ValueError: a bug at step 5" in result.stderr
+    assert "fit failed at step 5; the run folder lightning_logs/b128/version_0 is kept" in result.stderr
+    assert (tmp_path / "lightning_logs/b128/version_0/config.yaml").is_file()
+
+
+def test_a_loss_module_attribute_is_not_the_loss_method():
+    from torch import nn
+
+    from batchsize_lit import LinearRegressor
+    from batchsize_lit.problem import has_loss
+
+    class WithLossModule(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.loss = nn.MSELoss()
+
+    assert has_loss(LinearRegressor()) and not has_loss(WithLossModule())

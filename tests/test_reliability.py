@@ -97,6 +97,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert len(seen[0]) == len(seen[1]) == 400 and seen[0].isdisjoint(seen[1])  # 800 training points, halved
     for name, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][name]), name
+    assert [p.name for p in (tmp_path / "lightning_logs/b16").iterdir()] == ["version_0"]  # one run, not one a rank
     hp = hparams(tmp_path / "lightning_logs/b16/version_0")
     assert hp["batch_size"] == 16 and hp["global_batch_size"] == 32
     assert "Fit finished" in result.stdout and result.stdout.count("Fit finished") == 1  # rank 0 alone reports

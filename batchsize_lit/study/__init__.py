@@ -58,9 +58,9 @@ def run_study(
     if not report_only:
         if executor == "ray":
             require_ray()
-        check_cells(cell_args, defaults)
         selected = [names[trial_index]] if trial_index is not None else names
         todo = selected if redo else [cell for cell in selected if not (folder / cell / "result.json").is_file()]
+        check_cells({cell: cell_args[cell] for cell in todo}, defaults)
         if len(todo) < len(selected):
             print(f"{len(selected) - len(todo)} cell(s) already done in {folder} (redo=true reruns them)")
         if todo and executor == "ray":

@@ -119,7 +119,7 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
         cli.before_fit()
         cli.trainer.fit(cli.model, cli.datamodule)
         metrics = scalar_metrics(cli.trainer.callback_metrics)
-        if is_overridden("test_step", cli.model) and _has_test_data(cli):
+        if is_overridden("test_step", cli.model) and _has_test_data(cli):  # textbook data builds it in setup
             loggers, cli.trainer.loggers = cli.trainer.loggers, []  # one event file per cell: test_loss goes to the csv
             for results in cli.trainer.test(cli.model, cli.datamodule, verbose=False):
                 metrics.update(scalar_metrics(results))
@@ -138,11 +138,7 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
 
 
 def _has_test_data(cli: BatchSizeCLI) -> bool:
-    data = cli.datamodule
-    if data is None or not is_overridden("test_dataloader", data):
-        return False
-    loaders = data.test_dataloader()
-    return not (isinstance(loaders, list | tuple | dict) and not loaders)
+    return any(is_overridden("test_dataloader", part) for part in (cli.datamodule, cli.model) if part is not None)
 
 
 def write_result(cell_folder: Path, result: dict[str, Any]) -> None:
