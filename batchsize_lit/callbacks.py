@@ -279,7 +279,9 @@ class RunHistory(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, Tensor):
             return
-        loss = loss.detach() * trainer.accumulate_grad_batches  # Lightning hands callbacks the loss divided by it
+        loss = loss.detach()
+        if trainer.accumulate_grad_batches > 1:  # Lightning hands callbacks the loss divided by it
+            loss = loss * trainer.accumulate_grad_batches
         self._loss_sum = loss.clone() if self._loss_sum is None else self._loss_sum.add_(loss)
         self._batches += 1
         if self._logs_train_loss is None:  # a model that logs its own train_loss keeps it
