@@ -18,7 +18,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from batchsize_lit import RegressionDataModule
+from batchsize_lit import LinearRegressor, RegressionDataModule
 from batchsize_lit.cli import BatchSizeCLI
 
 
@@ -124,7 +124,7 @@ def template_fit(n: int, batch: int, steps: int, device: str, progress_bar: bool
         args += [f"--trainer.max_steps={steps}", f"--trainer.accelerator={device}", "--trainer.devices=1"]
         args += [f"--trainer.enable_progress_bar={str(progress_bar).lower()}", "--trainer.enable_model_summary=false"]
         args += [f"--trainer.logger.init_args.save_dir={folder}", "--early_stopping.patience=null"]
-        cli = BatchSizeCLI(args=args, run=False)
+        cli = BatchSizeCLI(LinearRegressor, RegressionDataModule, args=args, run=False)
         timer = TrainTimer()
         cli.trainer.callbacks.append(timer)
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # the bar's drawing is timed
