@@ -182,8 +182,8 @@ class GradientNoiseScale(pl.Callback):
       StepsToTarget asks. Small models get B_noise too.
     - two_batch: otherwise, with accumulate_grad_batches ≥ 2. The unbiased two-batch estimator
       (TwoBatchEstimator), comparing each micro-batch's gradient with the accumulated one at every optimizer step.
-      Under DDP the gradients are already averaged over devices, so the two batch sizes are world_size times the
-      micro-batch and the accumulated batch.
+      It assumes one device and no gradient scaler: under DDP the micro-batch gradients are not synchronised
+      until the last one, and with 16-bit mixed precision they are scaled.
     - none: neither applies; nothing is logged.
     """
 
