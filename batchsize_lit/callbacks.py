@@ -324,7 +324,7 @@ class RunHistory(pl.Callback):
             "seed_everything": os.environ.get("PL_GLOBAL_SEED"),
             "batch_size": batch_size(trainer),
             "global_batch_size": global_batch_size(trainer),
-            "lr_effective": learning_rate(trainer),
+            "lr_effective": learning_rate(trainer, initial=True),
             "max_epochs": trainer.max_epochs,
         }
         params = {key: value for key, value in params.items() if not key.startswith("_")}  # LightningCLI's own

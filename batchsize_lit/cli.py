@@ -1,6 +1,5 @@
 """The LightningCLI: defaults, the declared callbacks, run folders, checkpoint checks and the end-of-fit summary."""
 
-import importlib
 import inspect
 import logging
 import os
@@ -32,7 +31,7 @@ from batchsize_lit.callbacks import (
     RunHistory,
     skip_idle_hooks,
 )
-from batchsize_lit.errors import BAD_INPUT, BadInput, bad_yaml, did_you_mean
+from batchsize_lit.errors import BAD_INPUT, BadInput, bad_yaml, config_values, did_you_mean, import_class
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.progress import ThrottledProgressBar
 from batchsize_lit.trainer_info import find_callback
@@ -115,8 +114,7 @@ class BatchSizeCLI(LightningCLI):
         # The monitored metric is one setting: the history, summary, study and hparams tab follow early stopping's.
         parser.link_arguments("early_stopping.monitor", "history.monitor")
         parser.link_arguments("early_stopping.mode", "history.mode")
-        defaults = {key: {"class_path": f"{c.__module__}.{c.__qualname__}"} for key, c in self.default_classes.items()}
-        parser.set_defaults({key: value for key, value in defaults.items() if self.default_classes[key] is not None})
+        parser.set_defaults({key: {"class_path": class_path_of(c)} for key, c in self.default_classes.items() if c})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
@@ -334,11 +332,10 @@ def _drop_inherited_defaults(spec: Any, default_class: type, given: set[str]) ->
     """
     class_path = getattr(spec, "class_path", None)
     init_args = getattr(spec, "init_args", None)
-    if not class_path or init_args is None or class_path == f"{default_class.__module__}.{default_class.__qualname__}":
+    if not class_path or init_args is None or class_path == class_path_of(default_class):
         return
-    module, _, name = class_path.rpartition(".")
     try:
-        chosen = getattr(importlib.import_module(module), name)
+        chosen = import_class(class_path)
     except (ImportError, AttributeError):
         return
     old, new = _init_defaults(default_class), _init_defaults(chosen)
@@ -358,20 +355,21 @@ def given_keys(argv: list[str]) -> set[str]:
         else:
             keys.add(prefix)
 
-    for index, arg in enumerate(argv):
-        if arg in ("-c", "--config") or arg.startswith("--config="):
-            source = arg.split("=", 1)[1] if "=" in arg else (argv[index + 1] if index + 1 < len(argv) else "")
-            try:
-                text = Path(source).read_text() if Path(source).is_file() else source
-            except (OSError, ValueError):  # an inline config can be longer than a file name may be
-                text = source
-            try:
-                walk(yaml.safe_load(text), "")
-            except yaml.YAMLError:
-                continue
-        elif arg.startswith("--"):
-            keys.add(arg[2:].split("=", 1)[0].replace(".init_args.", "."))
+    for source in config_values(argv):
+        try:
+            text = Path(source).read_text() if Path(source).is_file() else source
+        except (OSError, ValueError):  # an inline config can be longer than a file name may be
+            text = source
+        try:
+            walk(yaml.safe_load(text), "")
+        except yaml.YAMLError:
+            continue
+    keys |= {arg[2:].split("=", 1)[0].replace(".init_args.", ".") for arg in argv if arg.startswith("--")}
     return keys
+
+
+def class_path_of(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _init_defaults(cls: type) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def one_line(error: BaseException) -> str:
         inner = re.sub(r'^Parser key "([^"]+)"', lambda m: f'Parser key "{group}.{m.group(1)}"', inner)
         unknown = re.match(r"Option '(\w+)' is not accepted", inner)
         if unknown:
-            known = inspect.signature(_import(class_path.group(1))).parameters
+            known = inspect.signature(import_class(class_path.group(1))).parameters
             inner = f"unknown key {group}.{unknown.group(1)}{did_you_mean(unknown.group(1), known)}"
     return inner
 
@@ -76,12 +76,15 @@ def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
     return f"; did you mean {prefix}{close[0]}?" if close else ""
 
 
+def config_values(argv: list[str]) -> list[str]:
+    """What each ``--config`` (or ``-c``) of a command line gives: a file's path, or a config inline."""
+    values = [b for a, b in itertools.pairwise(argv) if a in ("-c", "--config")]
+    return values + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+
+
 def bad_yaml(args: Any) -> str | None:
     """Name the --config file that is not valid YAML, and where, or None if every one parses."""
-    args = list(args or sys.argv[1:]) if not isinstance(args, dict) else []
-    paths = [b for a, b in itertools.pairwise(args) if a in ("-c", "--config")]
-    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    for path in paths:
+    for path in config_values(list(args or sys.argv[1:]) if not isinstance(args, dict) else []):
         if Path(path).is_file():
             try:
                 yaml.safe_load(Path(path).read_text())
@@ -92,6 +95,7 @@ def bad_yaml(args: Any) -> str | None:
     return None
 
 
-def _import(class_path: str) -> Any:
+def import_class(class_path: str) -> Any:
+    """The class that a class_path such as ``mypackage.MyModel`` names."""
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)

@@ -19,10 +19,10 @@ class RunReport(NamedTuple):
 class ReferenceFacts(Protocol):
     """Numbers that describe the problem, fixed for a run: computed from the data, never hard-coded.
 
-    Any key may appear; the fit summary prints them and every study row gets them as columns. The template itself
-    reads a few names where they exist:
+    Any key may appear; every study row gets them as columns, and ``run_report`` receives them. The template
+    itself reads a few names where they exist:
 
-    - ``noise_floor``: the lowest loss any model can reach; the summary prints it and the study plots draw it.
+    - ``noise_floor``: the lowest loss any model can reach; the study plots draw it.
     - ``lr_max_stable``: the largest stable learning rate; the fit warns before training when the optimizer's lr is
       at or above it, and a diverged fit names it as the likely cause.
     - ``<metric>_at_optimum``, e.g. ``val_loss_at_optimum``: the metric's value at the best possible fit;
@@ -39,7 +39,6 @@ class Reports(Protocol):
     def run_report(self, facts: dict[str, float]) -> RunReport: ...
 
 
-@runtime_checkable
 class HasLoss(Protocol):
     """The mean loss of a batch as a pure function of the parameters: no logging, no metric updates, no module that
     mixes examples (BatchNorm in train mode). ``GradientNoiseScale`` takes exact per-example gradients through it
@@ -49,7 +48,8 @@ class HasLoss(Protocol):
 
 
 def has_loss(model: Any) -> bool:
-    """Whether the model's class defines a ``loss(batch)`` method; a loss module kept as ``self.loss`` is not one."""
+    """Whether the model implements HasLoss: its class defines a ``loss(batch)`` method (a loss module kept as
+    ``self.loss`` is not one)."""
     return inspect.isfunction(getattr(type(model), "loss", None))
 
 

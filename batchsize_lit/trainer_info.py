@@ -13,9 +13,10 @@ def find_callback(trainer: pl.Trainer, kind: type[C]) -> C | None:
     return next((callback for callback in trainer.callbacks if isinstance(callback, kind)), None)
 
 
-def batch_size(trainer: pl.Trainer) -> int | None:
-    """Samples per training step on one device: the data module's ``batch_size``, else the train loader's."""
-    hparams = getattr(trainer.datamodule, "hparams", None) or {}
+def batch_size(trainer: pl.Trainer, datamodule: pl.LightningDataModule | None = None) -> int | None:
+    """Samples per training step on one device: the data module's ``batch_size`` (the trainer's, or the one given,
+    for a trainer not yet fitted), else the train loader's."""
+    hparams = getattr(trainer.datamodule or datamodule, "hparams", None) or {}
     if hparams.get("batch_size") is not None:
         return int(hparams["batch_size"])
     loader = trainer.train_dataloader
@@ -23,9 +24,9 @@ def batch_size(trainer: pl.Trainer) -> int | None:
     return int(size) if size is not None else None
 
 
-def global_batch_size(trainer: pl.Trainer) -> int | None:
+def global_batch_size(trainer: pl.Trainer, datamodule: pl.LightningDataModule | None = None) -> int | None:
     """Samples per optimizer step over all devices: batch_size × world_size × accumulate_grad_batches."""
-    size = batch_size(trainer)
+    size = batch_size(trainer, datamodule)
     return None if size is None else size * trainer.world_size * trainer.accumulate_grad_batches
 
 
@@ -41,10 +42,13 @@ def steps_per_epoch(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int |
     return min(batches, limit) if isinstance(limit, int) else max(1, int(batches * limit))
 
 
-def learning_rate(trainer: pl.Trainer) -> float | None:
-    """The first optimizer's learning rate at this moment, whatever the model and optimizer."""
-    optimizers = trainer.optimizers
-    return float(optimizers[0].param_groups[0]["lr"]) if optimizers else None
+def learning_rate(trainer: pl.Trainer, initial: bool = False) -> float | None:
+    """The first optimizer's learning rate, whatever the model and optimizer: now, or as the run began (before any
+    scheduler changed it) with ``initial``."""
+    if not trainer.optimizers:
+        return None
+    group = trainer.optimizers[0].param_groups[0]
+    return float(group.get("initial_lr", group["lr"]) if initial else group["lr"])
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:

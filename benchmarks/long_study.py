@@ -29,7 +29,7 @@ def measure(cells: int, folder: Path) -> list[tuple[int, float, int, float]]:
     for index, cell in enumerate(expand(grid)[:cells]):
         name = f"cell{index}"
         started = time.perf_counter()
-        row = run_cell(name, fit_args(base, cell, folder, name), folder, (LinearRegressor, RegressionDataModule))
+        row = run_cell(name, fit_args(base, cell, folder, name), folder, (LinearRegressor, RegressionDataModule))["row"]
         assert row["status"] == "ok", row
         samples.append((index + 1, rss_mib(), open_files(), time.perf_counter() - started))
     return samples

@@ -1,6 +1,5 @@
 """The Ray executor: each study cell a Ray task, with its result gathered where the study command runs."""
 
-import json
 import logging
 import os
 import shutil
@@ -179,8 +178,7 @@ def run_cell_task(cell: str, args: list[str], folder: Path, defaults: Defaults, 
     if os.path.isdir(cwd):
         os.chdir(cwd)
     shutil.rmtree(folder / cell, ignore_errors=True)  # what a previous try of this task left here
-    run_cell(cell, args, folder, defaults)
-    result = json.loads((folder / cell / "result.json").read_text())
+    result = run_cell(cell, args, folder, defaults)
     traceback_file = folder / cell / "traceback.txt"
     return {**result, "traceback": traceback_file.read_text() if traceback_file.is_file() else None}
 
@@ -198,10 +196,6 @@ def lost_result(cell: str, args: list[str], defaults: Defaults, seconds: float, 
     """
     cli = CellCLI(args, defaults)  # parsed and instantiated as check_cells did, not fitted
     row = result_row(cli, cell, "failed", seconds, {})
-    data_batch_size = (getattr(cli.datamodule, "hparams", None) or {}).get("batch_size")
-    if row["batch_size"] is None and data_batch_size is not None:  # the data module is attached to a trainer by fit
-        row["batch_size"] = int(data_batch_size)
-        row["global_batch_size"] = row["batch_size"] * cli.trainer.world_size * cli.trainer.accumulate_grad_batches
     return {"row": row, "history": [], "traceback": f"{type(error).__name__}: {error}\n"}
 
 

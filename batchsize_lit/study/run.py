@@ -24,7 +24,7 @@ from batchsize_lit.cli import BatchSizeCLI
 from batchsize_lit.errors import USER_ERRORS, Diverged, one_line
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
-from batchsize_lit.trainer_info import batch_size, find_callback, global_batch_size, scalar_metrics
+from batchsize_lit.trainer_info import batch_size, find_callback, global_batch_size, learning_rate, scalar_metrics
 
 Defaults = tuple[type[LightningModule] | None, type[LightningDataModule] | None]
 
@@ -77,14 +77,16 @@ def run_cells(
         shutil.rmtree(folder / cell, ignore_errors=True)
     if jobs == 1:
         for cell, args in cell_args.items():
-            on_row(run_cell(cell, args, folder, defaults))
+            on_row(run_cell(cell, args, folder, defaults)["row"])
         return
     gpus = gpu_count()
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker, initargs=(gpus,)) as pool:
         cells = list(cell_args)
-        for row in pool.map(run_cell, cells, cell_args.values(), itertools.repeat(folder), itertools.repeat(defaults)):
-            on_row(row)
+        for result in pool.map(
+            run_cell, cells, cell_args.values(), itertools.repeat(folder), itertools.repeat(defaults)
+        ):
+            on_row(result["row"])
 
 
 def default_jobs() -> int:
@@ -109,8 +111,8 @@ def _init_worker(gpus: int) -> None:
 
 
 def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> dict[str, Any]:
-    """Fit one cell, test it if the model and data can, and write its result.json; a cell that diverges or raises
-    is recorded, not raised, with the traceback of a failure in the cell's traceback.txt."""
+    """Fit one cell, test it if the model and data can, write its result.json and return it, {row, history}; a cell
+    that diverges or raises is recorded, not raised, with the traceback of a failure in the cell's traceback.txt."""
     quiet_lightning()
     started = time.perf_counter()
     cli = CellCLI(args, defaults)  # parsed; model, data and trainer built
@@ -133,8 +135,9 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
         print(f"cell {cell} failed: {one_line(error)} (traceback: {folder / cell / 'traceback.txt'})", file=sys.stderr)
     row = result_row(cli, cell, status, time.perf_counter() - started, metrics)
     history = find_callback(cli.trainer, RunHistory)
-    write_result(folder / cell, {"row": row, "history": history.history if history else []})
-    return row
+    result = {"row": row, "history": history.history if history else []}
+    write_result(folder / cell, result)
+    return result
 
 
 def _has_test_data(cli: BatchSizeCLI) -> bool:
@@ -165,14 +168,13 @@ def result_row(cli: BatchSizeCLI, cell: str, status: str, seconds: float, metric
     history = find_callback(trainer, RunHistory)
     target, noise = find_callback(trainer, StepsToTarget), find_callback(trainer, GradientNoiseScale)
     best = history.best() if history else None
-    optimizer = trainer.optimizers[0].param_groups[0] if trainer.optimizers else {}
     row: dict[str, Any] = {
         "cell": cell,
-        "batch_size": batch_size(trainer),
-        "global_batch_size": global_batch_size(trainer),
+        "batch_size": batch_size(trainer, cli.datamodule),
+        "global_batch_size": global_batch_size(trainer, cli.datamodule),
         "max_epochs": trainer.max_epochs,
         "lr": model.hparams.get("lr"),
-        "lr_effective": optimizer.get("initial_lr", optimizer.get("lr")),
+        "lr_effective": learning_rate(trainer, initial=True),
         "seed": cli.config.get("seed_everything"),
         "epochs_run": len(history.history) if history else None,
         "steps": trainer.global_step,
