@@ -205,24 +205,31 @@ class RegressionDataModule(pl.LightningDataModule):
             hp = self.hparams
             x, y = self.generate()
             train, val, _ = self.split_indices()
-            xt, yt = x[train].double().squeeze(1), y[train].double().squeeze(1)
-            design = torch.stack([xt, torch.ones_like(xt)], dim=1)
-            w, b = torch.linalg.lstsq(design, yt.unsqueeze(1)).solution.squeeze(1).tolist()
-            eigenvalues = torch.linalg.eigvalsh(2 * design.T @ design / len(xt)).tolist()
-            xv, yv = x[val].double().squeeze(1), y[val].double().squeeze(1)
+            xt, yt = x[train].double().flatten().tolist(), y[train].double().flatten().tolist()
+            # Exactly rounded sums (math.fsum): the same facts in every process, whatever threads a library uses.
+            n, sx, sy = len(xt), math.fsum(xt), math.fsum(yt)
+            sxx, sxy = math.fsum(a * a for a in xt), math.fsum(a * c for a, c in zip(xt, yt, strict=True))
+            w = (n * sxy - sx * sy) / (n * sxx - sx * sx)
+            b = (sy - w * sx) / n
+            # H = 2·[[E x², E x], [E x, 1]]; the eigenvalues of a symmetric 2×2 matrix in closed form.
+            h11, h12, h22 = 2 * sxx / n, 2 * sx / n, 2.0
+            half_gap = math.hypot((h11 - h22) / 2, h12)
+            eig_min, eig_max = (h11 + h22) / 2 - half_gap, (h11 + h22) / 2 + half_gap
             self._facts = {
                 "true_weight": hp.slope,
                 "true_bias": hp.intercept,
                 "lsq_weight": w,
                 "lsq_bias": b,
-                "lsq_train_mse": float((yt - (w * xt + b)).pow(2).mean()),
+                "lsq_train_mse": math.fsum((c - (w * a + b)) ** 2 for a, c in zip(xt, yt, strict=True)) / n,
                 "noise_floor": hp.noise_std**2,
-                "hessian_eig_min": eigenvalues[0],
-                "hessian_eig_max": eigenvalues[1],
-                "lr_max_stable": 2 / eigenvalues[1],
+                "hessian_eig_min": eig_min,
+                "hessian_eig_max": eig_max,
+                "lr_max_stable": 2 / eig_max,
             }
             if len(val):
-                self._facts["val_loss_at_optimum"] = float((yv - (w * xv + b)).pow(2).mean())
+                xv, yv = x[val].double().flatten().tolist(), y[val].double().flatten().tolist()
+                squares = ((c - (w * a + b)) ** 2 for a, c in zip(xv, yv, strict=True))
+                self._facts["val_loss_at_optimum"] = math.fsum(squares) / len(xv)
         return dict(self._facts)
 
     def run_report(self, facts: dict[str, float]) -> RunReport:
