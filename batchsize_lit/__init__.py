@@ -1,7 +1,18 @@
 """batchsize_lit: a PyTorch Lightning template for epoch-vs-batch-size studies with early stopping."""
 
-from batchsize_lit.data import RegressionDataModule
-from batchsize_lit.model import LinearRegressor
-
 __all__ = ["LinearRegressor", "RegressionDataModule", "__version__"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> type:
+    # The bundled problem is imported on first use, so that importing the package does not import Lightning:
+    # `python -m batchsize_lit` imports it in __main__, with garbage collection paused.
+    if name == "LinearRegressor":
+        from batchsize_lit.model import LinearRegressor
+
+        return LinearRegressor
+    if name == "RegressionDataModule":
+        from batchsize_lit.data import RegressionDataModule
+
+        return RegressionDataModule
+    raise AttributeError(f"module 'batchsize_lit' has no attribute {name!r}")

@@ -1,11 +1,19 @@
 """`python -m batchsize_lit` and `batchsize-lit`: the fit, validate, test and predict subcommands, or the study."""
 
+import gc
 import sys
 
-from batchsize_lit.cli import BatchSizeCLI
-from batchsize_lit.data import RegressionDataModule
-from batchsize_lit.errors import run_or_exit
-from batchsize_lit.model import LinearRegressor
+# Importing Lightning creates about a million objects that live until the process ends. Collecting garbage among
+# them is wasted time: none while they are imported, and then they are frozen, out of every later collection,
+# the one at exit included (together about 1.5 s of each command on a 2-core machine).
+gc.disable()
+from batchsize_lit.cli import BatchSizeCLI  # noqa: E402
+from batchsize_lit.data import RegressionDataModule  # noqa: E402
+from batchsize_lit.errors import run_or_exit  # noqa: E402
+from batchsize_lit.model import LinearRegressor  # noqa: E402
+
+gc.freeze()
+gc.enable()
 
 # The problem a config that names no model or data runs: a fork puts its own classes here.
 DEFAULT_MODEL, DEFAULT_DATA = LinearRegressor, RegressionDataModule

@@ -1,9 +1,10 @@
 """Handwritten digits (scikit-learn's 8×8 load_digits) classified by a small MLP trained with SGD."""
 
+import importlib.util
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Accuracy, MeanMetric, Metric
@@ -37,6 +38,9 @@ class DigitsDataModule(pl.LightningDataModule):
             num_workers: DataLoader worker processes.
         """
         super().__init__()
+        if importlib.util.find_spec("sklearn") is None:
+            name = f"{type(self).__module__}.{type(self).__qualname__}"
+            raise ValueError(f'data.class_path={name} needs scikit-learn, not installed: pip install -e ".[digits]"')
         _check(isinstance(batch_size, int) and batch_size > 0, "batch_size", batch_size, "must be a positive integer")
         _check(0 <= val_fraction < 1, "val_fraction", val_fraction, "must be in [0, 1)")
         _check(0 <= test_fraction < 1, "test_fraction", test_fraction, "must be in [0, 1)")
@@ -68,6 +72,8 @@ class DigitsDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        from sklearn.datasets import load_digits  # the digits extra; imported here, as no other command needs it
+
         digits = load_digits()
         x = torch.as_tensor(digits.data, dtype=torch.float32) / 16
         y = torch.as_tensor(digits.target, dtype=torch.long)

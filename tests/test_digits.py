@@ -1,6 +1,8 @@
 """The digits example: its split, its argument checks, a short fit, and per-example gradients of its loss."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from batchsize_lit.digits import DigitsDataModule, MLPClassifier
+
+from helpers import CONFIGS, QUIET
 
 
 def ready(**kwargs) -> DigitsDataModule:
@@ -134,3 +138,17 @@ def test_per_example_gradients_of_loss_average_to_the_batch_gradient() -> None:
         assert torch.allclose(g.mean(0), batch_grads[name], atol=1e-5, rtol=0)
     # Different examples give different gradients: the vmap did not broadcast one example.
     assert not torch.allclose(per_example["model.net.0.weight"][0], per_example["model.net.0.weight"][1])
+
+
+def test_without_scikit_learn_the_digits_fail_in_one_line_naming_the_extra(tmp_path: Path) -> None:
+    """scikit-learn is the digits extra: without it a digits config says what to install, and writes nothing."""
+    hidden = "import sys; sys.modules['sklearn'] = None; from batchsize_lit.__main__ import main; main()"
+    command = [sys.executable, "-c", hidden, "fit", "--config", str(CONFIGS / "digits.yaml"), *QUIET]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: data.class_path=batchsize_lit.digits.DigitsDataModule needs scikit-learn, not installed: "
+        'pip install -e ".[digits]"'
+    )
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "lightning_logs").exists()

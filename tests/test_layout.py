@@ -2,6 +2,8 @@
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "batchsize_lit"
@@ -68,3 +70,23 @@ def test_generic_modules_never_name_the_bundled_classes():
         if path.stem not in BUNDLED and re.search(r"LinearRegressor|RegressionDataModule", path.read_text())
     )
     assert named == []
+
+
+def test_importing_the_package_imports_no_lightning():
+    """`import batchsize_lit` is cheap; the bundled classes are still the package's attributes."""
+    code = (
+        "import sys, batchsize_lit; print('lightning' in sys.modules, 'torch' in sys.modules);"
+        "print(batchsize_lit.LinearRegressor.__module__, batchsize_lit.RegressionDataModule.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "batchsize_lit.model", "batchsize_lit.data"]
+
+
+def test_the_entry_point_imports_lightning_with_garbage_collection_paused_then_frozen():
+    """What `python -m batchsize_lit` imports is out of later collections, and collection is back on."""
+    code = (
+        "import gc, sys; import batchsize_lit.__main__;"
+        "print('lightning.pytorch' in sys.modules, gc.isenabled(), gc.get_freeze_count() > 100_000)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "True"]

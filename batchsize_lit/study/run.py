@@ -1,5 +1,6 @@
 """Running a study's cells: each a fit parsed by the same LightningCLI, serially or in worker processes."""
 
+import copy
 import itertools
 import json
 import logging
@@ -15,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -36,7 +38,8 @@ def quiet_lightning() -> None:
 
 
 class CellCLI(BatchSizeCLI):
-    """BatchSizeCLI for study cells: every cell of a process is parsed by one parser, built once.
+    """BatchSizeCLI for study cells: every cell of a process is parsed by one parser, built once, and each cell's
+    arguments are parsed once, when they are checked; the run instantiates a copy of that config.
 
     Building a parser creates new classes inside jsonargparse that are never freed, so a parser per cell would
     grow the process by every cell. Without load_from_checkpoint_support no per-CLI hook is registered on the
@@ -44,6 +47,7 @@ class CellCLI(BatchSizeCLI):
     """
 
     shared: ClassVar[dict[Defaults, tuple[LightningArgumentParser, list[LightningArgumentParser]]]] = {}
+    parsed: ClassVar[dict[tuple, tuple[Namespace, set[str]]]] = {}
 
     def __init__(self, args: list[str], defaults: Defaults) -> None:
         with warnings.catch_warnings():
@@ -57,6 +61,14 @@ class CellCLI(BatchSizeCLI):
             super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
             CellCLI.shared[key] = (self.parser, self.parsers)
         self.parser, self.parsers = CellCLI.shared[key]
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
+        key = (*self.default_classes.values(), *args)
+        if key not in CellCLI.parsed:
+            super().parse_arguments(parser, args)
+            CellCLI.parsed[key] = (copy.deepcopy(self.config), self._given)
+        config, self._given = CellCLI.parsed[key]
+        self.config = copy.deepcopy(config)  # instantiating a cell changes its config (the logger's version)
 
 
 def check_cells(cell_args: dict[str, list[str]], defaults: Defaults) -> None:
