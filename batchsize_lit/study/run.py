@@ -114,8 +114,11 @@ def gpu_count() -> int:
 
 
 def _init_worker(gpus: int) -> None:
+    import gc
+
     import torch
 
+    gc.freeze()  # what the worker imported lives as long as it does: out of every collection, as in __main__
     torch.set_num_threads(1)
     if gpus > 1:  # pin each worker to its own GPU
         worker = multiprocessing.current_process()._identity[0] - 1
