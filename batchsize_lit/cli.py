@@ -136,7 +136,8 @@ class BatchSizeCLI(LightningCLI):
             if default_class is not None and config.get(key) is not None:
                 _drop_inherited_defaults(config[key], default_class, {k[len(key) + 1 :] for k in given})
         if printing:
-            print(self.parser_of(subcommand).dump(config, skip_none=False), end="")
+            text = self.parser_of(subcommand).dump(config, **print_flags(printing))
+            print(text, end="" if text.endswith("\n") else "\n")
             sys.exit(0)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in ("best", "last", "hpc", "registry"):
@@ -321,6 +322,20 @@ class BatchSizeCLI(LightningCLI):
             lines.append(f"  run folder: {self.log_dir}")
             lines.append(f"  tensorboard --logdir {Path(self.log_dir).parent}")
         return "\n".join(lines)
+
+
+# The flags of --print_config=FLAG,...: jsonargparse's, with skip_null as the older name of skip_unset.
+PRINT_FLAGS = {"skip_default": "skip_default", "skip_unset": "skip_unset", "skip_null": "skip_unset"}
+
+
+def print_flags(printing: list[str]) -> dict[str, bool]:
+    """jsonargparse's dump arguments for ``--print_config[=flags]``; by default every key is printed."""
+    kwargs = {"skip_unset": False}
+    for flag in (flag for arg in printing for flag in arg.partition("=")[2].split(",") if flag):
+        if flag not in PRINT_FLAGS:
+            raise ArgumentError(None, f"--print_config={flag}: unknown flag; known: {', '.join(PRINT_FLAGS)}")
+        kwargs[PRINT_FLAGS[flag]] = True
+    return kwargs
 
 
 def _drop_inherited_defaults(spec: Any, default_class: type, given: set[str]) -> None:

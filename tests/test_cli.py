@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from batchsize_lit import LinearRegressor, RegressionDataModule
 from batchsize_lit.__main__ import main
@@ -186,6 +187,36 @@ def test_stacked_configs_and_print_config(capsys):
     configs = ["--config", str(CONFIGS / "b16.yaml"), "--config", str(CONFIGS / "early_stopping.yaml")]
     printed = help_text(capsys, *configs, "--print_config")
     assert "batch_size: 64" in printed and "max_epochs: 50" in printed  # the later config wins
+
+
+def printed_config(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_print_config_flags_and_the_printed_config_runs_the_same(capsys, tmp_path):
+    b16 = ["--config", str(CONFIGS / "b16.yaml")]
+    full = yaml.safe_load(printed_config(capsys, *b16, "--print_config"))
+    printed = printed_config(capsys, *b16, "--print_config=skip_null")
+    assert "null" not in printed
+    assert yaml.safe_load(printed) == drop_nulls(full)
+    # What it prints is a config that gives the same config again.
+    (tmp_path / "printed.yaml").write_text(printed)
+    assert printed_config(capsys, "--config", str(tmp_path / "printed.yaml"), "--print_config=skip_null") == printed
+    only_set = yaml.safe_load(printed_config(capsys, *b16, "--print_config=skip_default"))
+    assert only_set == {"data": {"class_path": "batchsize_lit.RegressionDataModule", "init_args": {"batch_size": 16}}}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *b16, "--print_config=skip_nul"])
+    known = "skip_default, skip_unset, skip_null"
+    assert exit_info.value.code == f"error: --print_config=skip_nul: unknown flag; known: {known}"
+
+
+def drop_nulls(tree: object) -> object:
+    if isinstance(tree, dict):
+        return {key: drop_nulls(value) for key, value in tree.items() if value is not None}
+    return [drop_nulls(value) for value in tree] if isinstance(tree, list) else tree
 
 
 def test_print_config_lists_every_callback_a_fit_runs(capsys):
