@@ -20,6 +20,10 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class WorkerDied(RuntimeError):
+    """A study's worker process ended abruptly; what it finished is kept."""
+
+
 class BadInput(ValueError):
     """A value the template's own checks reject: a clean error whenever it is found, even during training."""
 
@@ -27,8 +31,8 @@ class BadInput(ValueError):
 # What bad input raises: our own checks (ValueError), jsonargparse's and Lightning's. A run that stops on one of
 # these leaves no run folder behind.
 BAD_INPUT = (ArgumentError, ValueError, MisconfigurationException)
-# What ends a command with one line instead of a traceback: bad input, and a fit that diverged.
-USER_ERRORS = (*BAD_INPUT, Diverged)
+# What ends a command with one line instead of a traceback: bad input, a fit that diverged, a study worker killed.
+USER_ERRORS = (*BAD_INPUT, Diverged, WorkerDied)
 
 
 def run_or_exit(command: Callable[[], int | None]) -> None:

@@ -121,6 +121,22 @@ def test_a_cell_that_raises_is_recorded_and_the_study_goes_on(workdir, capsys):
     assert [(row["cell"], row["status"]) for row in rows] == [("hidden-13", "failed"), ("hidden-8", "ok")]
 
 
+@pytest.mark.slow
+def test_a_killed_worker_process_ends_the_study_in_one_line(tmp_path):
+    """A worker killed as by the out-of-memory killer: one line, exit 1, no report; the rest keep their results."""
+    base = {**FORK_BASE, "model": {"class_path": "fork.broken.DyingRegressor"}}
+    config = write_study(tmp_path, base, {"model.hidden": [13, 8]})
+    result = run_cli("study", "--config", config, "--jobs", "2", cwd=tmp_path, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    folder = tmp_path / "lightning_logs/forkstudy"
+    assert result.stderr.splitlines()[-1] == (
+        "error: a worker process died (killed, or out of memory?); the finished cells are kept in "
+        f"{folder.relative_to(tmp_path)}: run the same command again to run the others"
+    )
+    assert not (folder / "hidden-13/result.json").exists() and not (folder / "results.csv").exists()
+
+
 def test_two_batch_noise_scale_for_a_fork(workdir):
     args = ["--trainer.callbacks+=batchsize_lit.science.GradientNoiseScale", "--trainer.accumulate_grad_batches=2"]
     assert exit_code(["fit", *FORK, *args]) == 0

@@ -1,7 +1,6 @@
 """Running a study's cells: each a fit parsed by the same LightningCLI, serially or in worker processes."""
 
 import copy
-import itertools
 import json
 import logging
 import multiprocessing
@@ -12,7 +11,8 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from batchsize_lit.callbacks import RunHistory
 from batchsize_lit.cli import BatchSizeCLI
-from batchsize_lit.errors import USER_ERRORS, Diverged, one_line
+from batchsize_lit.errors import USER_ERRORS, Diverged, WorkerDied, one_line
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.trainer_info import batch_size, find_callback, global_batch_size, learning_rate, scalar_metrics
@@ -94,11 +94,15 @@ def run_cells(
     gpus = gpu_count()
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker, initargs=(gpus,)) as pool:
-        cells = list(cell_args)
-        for result in pool.map(
-            run_cell, cells, cell_args.values(), itertools.repeat(folder), itertools.repeat(defaults)
-        ):
-            on_row(result["row"])
+        futures = [pool.submit(run_cell, cell, args, folder, defaults) for cell, args in cell_args.items()]
+        try:
+            for future in as_completed(futures):  # each row as its cell finishes, whatever the grid order
+                on_row(future.result()["row"])
+        except BrokenProcessPool:
+            raise WorkerDied(
+                f"a worker process died (killed, or out of memory?); the finished cells are kept in {folder}: run the "
+                "same command again to run the others"
+            ) from None
 
 
 def default_jobs() -> int:

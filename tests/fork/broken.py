@@ -1,4 +1,7 @@
-"""Models whose own code raises, as a bug in user code would: in every step, or from one step on."""
+"""Models whose own code fails, as a bug in user code would: raising in every step or from one step on, or killed."""
+
+import os
+import signal
 
 from torch import Tensor
 
@@ -24,4 +27,14 @@ class FlakyRegressor(SineRegressor):
             raise RuntimeError("hidden=13 is unlucky")
         if self.hparams.hidden == 13 and self.global_step >= self.hparams.fail_at_step:
             raise ValueError(f"a bug at step {self.global_step}")
+        return super().training_step(batch, batch_idx)
+
+
+class DyingRegressor(SineRegressor):
+    """SineRegressor whose process is killed (SIGKILL, as by the out-of-memory killer) in training when hidden is
+    13."""
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        if self.hparams.hidden == 13:
+            os.kill(os.getpid(), signal.SIGKILL)
         return super().training_step(batch, batch_idx)
