@@ -26,20 +26,41 @@ def exact_noise_scale(x: Tensor, y: Tensor, weight: float, bias: float) -> dict[
     """
     x, y = x.double().flatten(), y.double().flatten()
     features = torch.stack([x, torch.ones_like(x)], dim=1)
-    gradients = 2 * (weight * x + bias - y).unsqueeze(1) * features
-    return _noise_scale(gradients, 2 * features.T @ features / len(x), len(x))
+    moments = GradientMoments(scatter=True)
+    moments.add(2 * (weight * x + bias - y).unsqueeze(1) * features)
+    return _noise_scale(moments, 2 * features.T @ features / len(x), len(x))
 
 
-def _noise_scale(gradients: Tensor, hessian_matrix: Tensor | None, population: int) -> dict[str, float]:
-    """B_simple = tr Σ / |G|² and, given H, B_noise = tr(HΣ) / (GᵀHG), from per-example gradients (rows).
+class GradientMoments:
+    """The mean of gradient rows, their summed squared deviation from it and, if asked, their scatter matrix,
+    merged chunk by chunk (Chan, Golub and LeVeque), so that per-example gradients are never all held at once."""
+
+    def __init__(self, scatter: bool = False) -> None:
+        self.count, self.mean, self.squared_deviation = 0, torch.zeros(0), 0.0
+        self.scatter: Tensor | None = None if not scatter else torch.zeros(0)
+
+    def add(self, rows: Tensor) -> None:
+        n, mean = len(rows), rows.mean(0)
+        centered = rows - mean
+        squared, scatter = float(centered.pow(2).sum()), centered.T @ centered if self.scatter is not None else None
+        if self.count:
+            delta, weight = mean - self.mean, self.count * n / (self.count + n)
+            mean = self.mean + delta * n / (self.count + n)
+            squared += self.squared_deviation + float(delta.dot(delta)) * weight
+            if scatter is not None:
+                scatter += self.scatter + torch.outer(delta, delta) * weight
+        self.count, self.mean, self.squared_deviation, self.scatter = self.count + n, mean, squared, scatter
+
+
+def _noise_scale(moments: GradientMoments, hessian_matrix: Tensor | None, population: int) -> dict[str, float]:
+    """B_simple = tr Σ / |G|² and, given H, B_noise = tr(HΣ) / (GᵀHG), from per-example gradients.
 
     Both assume batches drawn with replacement. Shuffled epochs draw without replacement from N examples, which
     scales the batch-gradient covariance by (N − B)/(N − 1); the batch size at which its noise equals |G|² is then
     N·B_simple / (B_simple + N − 1), reported as b_simple_finite.
     """
-    mean = gradients.mean(0)
-    centered = gradients - mean
-    trace_sigma = float(centered.pow(2).sum(1).mean())
+    mean = moments.mean
+    trace_sigma = moments.squared_deviation / moments.count
     grad_norm_sq = float(mean.dot(mean))
     b_simple = trace_sigma / grad_norm_sq
     result = {
@@ -48,8 +69,8 @@ def _noise_scale(gradients: Tensor, hessian_matrix: Tensor | None, population: i
         "grad_norm_sq": grad_norm_sq,
         "trace_sigma": trace_sigma,
     }
-    if hessian_matrix is not None:
-        sigma = centered.T @ centered / len(gradients)
+    if hessian_matrix is not None and moments.scatter is not None:
+        sigma = moments.scatter / moments.count
         result["b_noise"] = float(torch.trace(hessian_matrix @ sigma) / (mean @ hessian_matrix @ mean))
     return result
 
@@ -88,16 +109,35 @@ def per_example_noise_scale(module: nn.Module, batch: Any, population: int | Non
     def one(p: dict[str, Tensor], example: Any) -> Tensor:
         return loss(p, _map_tensors(lambda t: t.unsqueeze(0), example))
 
-    with torch.enable_grad():
-        per_example = vmap(grad(one), in_dims=(None, 0))(params, batch)
-    gradients = torch.cat([per_example[name].flatten(1) for name in names], dim=1)
+    n_params = sum(params[name].numel() for name in names)
+    moments = GradientMoments(scatter=n_params <= max_hessian)
+    examples = _count(batch)
+    chunk = max(1, CHUNK_ELEMENTS // n_params)  # examples whose gradients are held at once
+    for start in range(0, examples, chunk):
+        part = _map_tensors(lambda t, start=start: t[start : start + chunk], batch)
+        with torch.enable_grad():
+            per_example = vmap(grad(one), in_dims=(None, 0))(params, part)
+        moments.add(torch.cat([per_example[name].flatten(1) for name in names], dim=1))
     hessian_matrix = None
-    if gradients.shape[1] <= max_hessian:
+    if moments.scatter is not None:
         blocks = jacrev(jacrev(loss))(params, batch)  # reverse over reverse: no forward-mode decompositions
         hessian_matrix = torch.cat(
             [torch.cat([blocks[a][b].reshape(params[a].numel(), params[b].numel()) for b in names], 1) for a in names]
         )
-    return _noise_scale(gradients, hessian_matrix, population or len(gradients))
+    return _noise_scale(moments, hessian_matrix, population or examples)
+
+
+# Per-example gradient elements held at once, 16M doubles (128 MiB): a model of 1M parameters takes 16 examples a
+# chunk; the bundled regression takes its whole training split.
+CHUNK_ELEMENTS = 2**24
+
+
+def _count(batch: Any) -> int:
+    """The number of examples in a batch: the length of its first tensor, in tuples, lists and dicts."""
+    if isinstance(batch, Tensor):
+        return len(batch)
+    parts = batch.values() if isinstance(batch, dict) else batch
+    return next(_count(part) for part in parts if isinstance(part, Tensor | dict | list | tuple))
 
 
 class TwoBatchEstimator:

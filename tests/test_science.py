@@ -112,6 +112,21 @@ def test_per_example_noise_scale_equals_the_closed_form_on_the_linear_model():
         assert general[key] == pytest.approx(exact[key], rel=1e-9, abs=1e-12), key
 
 
+@pytest.mark.parametrize("chunk_elements", [2, 7, 2**24])  # 1 and 3 examples a chunk, and the whole split at once
+def test_per_example_gradients_in_chunks_give_the_same_noise_scale(monkeypatch, chunk_elements):
+    """Large models take their per-example gradients a few examples at a time; the moments merge exactly."""
+    from batchsize_lit import LinearRegressor, science
+
+    model = LinearRegressor()
+    with torch.no_grad():
+        model.linear.weight.fill_(W), model.linear.bias.fill_(B)
+    monkeypatch.setattr(science, "CHUNK_ELEMENTS", chunk_elements)
+    chunked = science.per_example_noise_scale(model, train_split())
+    exact = exact_noise_scale(*train_split(), model.linear.weight.item(), model.linear.bias.item())
+    for key in ["b_simple", "b_noise", "grad_norm_sq", "trace_sigma"]:
+        assert chunked[key] == pytest.approx(exact[key], rel=1e-9, abs=1e-12), key
+
+
 def test_two_batch_estimate_on_digits_is_within_15_percent_of_the_per_example_value():
     """An MLP on digits at its initial weights: two-batch estimates from 4000 pairs of batch 16 and 256 drawn with
     replacement, EMA 0.999, against the exact per-example value over the training split."""
