@@ -1,5 +1,6 @@
 """The LightningCLI: defaults, the declared callbacks, run folders, checkpoint checks and the end-of-fit summary."""
 
+import copy
 import inspect
 import logging
 import os
@@ -82,6 +83,7 @@ class BatchSizeCLI(LightningCLI):
         self.log_dir: str | None = None
         self._claimed: Path | None = None
         self._given: set[str] = set()
+        self._as_given: dict[str, Any] = {"ckpt_path": None, "version": None}
         kwargs.setdefault("model_class", LightningModule)
         kwargs.setdefault("datamodule_class", LightningDataModule)
         kwargs.setdefault("subclass_mode_model", True)
@@ -184,6 +186,12 @@ class BatchSizeCLI(LightningCLI):
         ):
             checkpoint.monitor, checkpoint.mode = stopping.monitor, stopping.get("mode", "min")  # follow, unless set
         ckpt_path = config.get("ckpt_path")
+        # config.yaml reruns the experiment in a new folder: the version as given, and a resume of the newest run (a
+        # resumed run ends where an uninterrupted one would) as a fresh start. See before_fit.
+        self._as_given = {
+            "ckpt_path": None if ckpt_path == "last" else ckpt_path,
+            "version": logger.init_args.get("version") if tensorboard else None,
+        }
         if ckpt_path == "last" and self.subcommand == "fit":
             if not tensorboard:
                 raise BadInput("ckpt_path='last' resumes the newest run folder of the TensorBoard logger; give a path")
@@ -251,7 +259,10 @@ class BatchSizeCLI(LightningCLI):
         self.log_dir = self.trainer.log_dir if self.trainer.loggers else None  # every DDP rank asks, here
         if self.log_dir and rank_zero_only.rank == 0:  # a resumed run rewrites its own config.yaml
             Path(self.log_dir).mkdir(parents=True, exist_ok=True)
-            config = self.config[self.subcommand] if self.subcommand else self.config
+            config = copy.deepcopy(self.config[self.subcommand] if self.subcommand else self.config)
+            config.ckpt_path = self._as_given["ckpt_path"]
+            if hasattr(config.trainer.logger, "init_args") and "version" in config.trainer.logger.init_args:
+                config.trainer.logger.init_args.version = self._as_given["version"]  # not this run's folder
             self.parser_of(self.subcommand).save(
                 config, Path(self.log_dir, "config.yaml"), skip_unset=False, overwrite=True
             )

@@ -158,6 +158,22 @@ def test_malformed_yaml_fails_cleanly_in_a_subprocess(tmp_path):
     assert not (tmp_path / "lightning_logs").exists()
 
 
+def test_a_run_s_config_yaml_reruns_it_in_a_new_folder(workdir):
+    """config.yaml holds the experiment, not the run's folder or the checkpoint it resumed from."""
+    args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=2"]
+    main(["fit", *args])
+    main(["fit", *args, "--trainer.max_epochs=3", "--ckpt_path=last"])  # resumes version_0 in place
+    first = workdir / "lightning_logs/b16/version_0"
+    saved = yaml.safe_load((first / "config.yaml").read_text())
+    assert saved["trainer"]["logger"]["init_args"]["version"] is None and saved["ckpt_path"] is None
+    before = {path: path.read_bytes() for path in first.rglob("*") if path.is_file()}
+    main(["fit", "--config", str(first / "config.yaml")])
+    assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == before  # untouched
+    again = workdir / "lightning_logs/b16/version_1"
+    best = [torch.load(next((run / "checkpoints").glob("best-*.ckpt")))["state_dict"] for run in (first, again)]
+    assert all(torch.equal(best[0][key], best[1][key]) for key in best[0])  # the same experiment, rerun
+
+
 def test_debug_shows_the_traceback(tmp_path):
     result = run_cli("fit", "--data.batch_size=0", cwd=tmp_path, env={"JSONARGPARSE_DEBUG": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr
