@@ -192,11 +192,14 @@ class BatchSizeCLI(LightningCLI):
             "ckpt_path": None if ckpt_path == "last" else ckpt_path,
             "version": logger.init_args.get("version") if tensorboard else None,
         }
-        if ckpt_path == "last" and self.subcommand == "fit":
-            if not tensorboard:
-                raise BadInput("ckpt_path='last' resumes the newest run folder of the TensorBoard logger; give a path")
+        newest = ckpt_path == "last" or (ckpt_path == "best" and self.subcommand != "fit")
+        if newest and not tensorboard:
+            raise BadInput(f"ckpt_path={ckpt_path!r} means the TensorBoard logger's newest run; give a path")
+        if newest and self.subcommand == "fit":
             config.ckpt_path = self._resume_in_place(logger)
-        elif ckpt_path and self.subcommand != "fit" and tensorboard and _is_run_checkpoint(ckpt_path):
+        elif newest:  # a new process has no last or best checkpoint of its own: those of the newest run
+            config.ckpt_path = ckpt_path = self._newest_run_checkpoint(logger, ckpt_path)
+        if ckpt_path and self.subcommand != "fit" and tensorboard and _is_run_checkpoint(ckpt_path):
             run = Path(os.path.relpath(ckpt_path)).parent.parent  # evaluate into the run the checkpoint came from
             logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
             logger.init_args.version = run.name
@@ -226,7 +229,13 @@ class BatchSizeCLI(LightningCLI):
         return f"version_{version}"
 
     def _resume_in_place(self, logger: Any) -> str:
-        """`--ckpt_path last`: the newest run of this name that has a last.ckpt, continued in its own folder."""
+        """`fit --ckpt_path last`: the newest run of this name that has a last.ckpt, continued in its own folder."""
+        last = self._newest_run_checkpoint(logger, "last")
+        logger.init_args.version = Path(last).parts[-3]
+        return last
+
+    def _newest_run_checkpoint(self, logger: Any, which: str) -> str:
+        """The last.ckpt, or the best checkpoint it records, of the newest run of this name that has a last.ckpt."""
         init = logger.init_args
         runs = sorted(
             (
@@ -237,10 +246,17 @@ class BatchSizeCLI(LightningCLI):
             key=lambda path: int(path.parts[-3][8:]),
         )
         if not runs:
-            raise BadInput(f"ckpt_path='last': no last.ckpt under {Path(init.save_dir, init.name)}")
-        check_checkpoint(str(runs[-1]), "ckpt_path='last'")
-        init.version = runs[-1].parts[-3]
-        return str(runs[-1])
+            raise BadInput(f"ckpt_path={which!r}: no last.ckpt under {Path(init.save_dir, init.name)}")
+        last = str(runs[-1])
+        check_checkpoint(last, f"ckpt_path={which!r}")
+        if which == "last":
+            return last
+        states = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
+        best = next((s["best_model_path"] for k, s in states.items() if k.startswith("ModelCheckpoint")), "")
+        best_here = runs[-1].parent / Path(best).name  # the same run folder, wherever it was written from
+        if not best or not best_here.is_file():
+            raise BadInput(f"ckpt_path='best': {last} records no best checkpoint that is still there")
+        return str(best_here)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

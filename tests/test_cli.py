@@ -1,6 +1,7 @@
 """The command line as a user runs it: configs, run folders, TensorBoard files, checkpoints, errors."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -172,6 +173,26 @@ def test_a_run_s_config_yaml_reruns_it_in_a_new_folder(workdir):
     again = workdir / "lightning_logs/b16/version_1"
     best = [torch.load(next((run / "checkpoints").glob("best-*.ckpt")))["state_dict"] for run in (first, again)]
     assert all(torch.equal(best[0][key], best[1][key]) for key in best[0])  # the same experiment, rerun
+
+
+def printed_val_loss(capsys) -> float:
+    return float(re.search(r"val_loss\s+([\d.]+)", capsys.readouterr().out).group(1))
+
+
+def test_evaluating_best_and_last_uses_the_newest_run_s_checkpoints(workdir, capsys):
+    args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", *args, "--ckpt_path=best"])
+    assert exit_info.value.code == "error: ckpt_path='best': no last.ckpt under lightning_logs/b16"
+    main(["fit", *args, "--trainer.max_epochs=6", "--early_stopping.patience=null"])
+    run = workdir / "lightning_logs/b16/version_0"
+    capsys.readouterr()
+    main(["validate", *args, "--ckpt_path=best"])
+    best = min(value for _, value in scalars(run)["by_epoch/val_loss"])
+    assert printed_val_loss(capsys) == pytest.approx(best, rel=1e-6)  # the best epoch's weights, not untrained ones
+    main(["validate", *args, "--ckpt_path=last"])
+    assert printed_val_loss(capsys) == pytest.approx(scalars(run)["by_epoch/val_loss"][-1][1], rel=1e-6)
+    assert [p.name for p in run.parent.iterdir()] == ["version_0"]  # evaluated into the run, no new folder
 
 
 def test_debug_shows_the_traceback(tmp_path):
