@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import yaml
 from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -43,6 +44,34 @@ warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprec
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
 )
+
+
+class HeldBack(logging.Filter):
+    """Holds loggers' records back until released, or drops them: Lightning's "Seed set to N" and its device lines
+    wait until the run is built, so that bad input found while building it prints its one line alone."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__()
+        self.loggers: list[logging.Logger] = []
+        self.records: list[logging.LogRecord] = []
+        self.hold(*names)
+
+    def hold(self, *names: str) -> None:
+        for name in names:
+            self.loggers.append(logging.getLogger(name))
+            self.loggers[-1].addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def release(self, emit: bool = True) -> None:
+        for logger in self.loggers:
+            logger.removeFilter(self)
+        for record in self.records if emit else []:
+            logging.getLogger(record.name).handle(record)
+        self.loggers, self.records = [], []
+
 
 LOG_ROOT = "lightning_logs"
 STUDY_HINT = "Grids of fits: batchsize-lit study --config configs/study_seed.yaml (see batchsize-lit study --help)."
@@ -93,6 +122,7 @@ class BatchSizeCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "prog": "batchsize-lit", "epilog": STUDY_HINT})
         # config.yaml is written by before_fit, for fit only: a callback would cost every training step a call.
         kwargs.setdefault("save_config_callback", None)
+        self._notices = HeldBack("lightning.fabric.utilities.seed")
         try:
             super().__init__(args=args, run=run, **kwargs)
         except BAD_INPUT as error:
@@ -102,6 +132,8 @@ class BatchSizeCLI(LightningCLI):
                 raise
             folder = f"; the run folder {self.log_dir} is kept" if self.log_dir else ""
             raise RuntimeError(f"fit failed at step {trainer.global_step}{folder}") from error  # a fault: traceback
+        finally:
+            self._notices.release(emit=False)  # if they were not printed yet, nothing was built
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         parser = super().init_parser(**kwargs)
@@ -162,6 +194,9 @@ class BatchSizeCLI(LightningCLI):
             hint = did_you_mean(unknown.group(1), known, prefix="--")
             if hint:
                 raise ArgumentError(None, f"{error}{hint}") from None
+        linked = re.match(r'Parser key "history\.(monitor|mode)"', str(error))
+        if linked:  # the history follows early stopping: the value came from there
+            raise ArgumentError(None, str(error).replace("history.", "early_stopping.", 1)) from None
         raise error
 
     def before_instantiate_classes(self) -> None:
@@ -259,7 +294,16 @@ class BatchSizeCLI(LightningCLI):
         return str(best_here)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
+        self._notices.hold("lightning.pytorch.utilities.rank_zero")
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as error:  # name the device flags where Lightning's text does not
+            config = (self.config[self.subcommand] if self.subcommand else self.config).trainer
+            if re.search(r"accelerator|devices|gpu|cuda|mps|tpu|backend", str(error), re.IGNORECASE):
+                flags = f"trainer.accelerator={config.accelerator!r}, trainer.devices={config.devices!r}"
+                raise MisconfigurationException(f"{flags}: {error}") from None
+            raise
+        self._notices.release()  # built: the seed and device lines, in the order they came
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: write checkpoints atomically
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         for index, callback in enumerate(trainer.callbacks):  # Lightning's defaults, not a user's own choice
@@ -276,7 +320,8 @@ class BatchSizeCLI(LightningCLI):
         if self.log_dir and rank_zero_only.rank == 0:  # a resumed run rewrites its own config.yaml
             Path(self.log_dir).mkdir(parents=True, exist_ok=True)
             config = copy.deepcopy(self.config[self.subcommand] if self.subcommand else self.config)
-            config.ckpt_path = self._as_given["ckpt_path"]
+            if "ckpt_path" in config:  # a subcommand's config; a study cell's has none
+                config.ckpt_path = self._as_given["ckpt_path"]
             if hasattr(config.trainer.logger, "init_args") and "version" in config.trainer.logger.init_args:
                 config.trainer.logger.init_args.version = self._as_given["version"]  # not this run's folder
             self.parser_of(self.subcommand).save(

@@ -61,7 +61,7 @@ def one_line(error: BaseException) -> str:
         text,
     )
     if not union:
-        return text
+        return _plain_union(text)
     group, inner = union.group(1) or "", union.group(2)
     class_path = re.match(r"Problem with given class_path '([\w.]+)': (.*)", inner)
     if class_path:
@@ -72,6 +72,20 @@ def one_line(error: BaseException) -> str:
             known = inspect.signature(import_class(class_path.group(1))).parameters
             inner = f"unknown key {group}.{unknown.group(1)}{did_you_mean(unknown.group(1), known)}"
     return inner
+
+
+def _plain_union(text: str) -> str:
+    """jsonargparse's dump of a failed Union of plain types, as ``key='value': expected int or null``."""
+    union = re.match(
+        r'Parser key "([\w.]+)": Does not validate against any of the Union subtypes Subtypes: \[(.*?)\] Errors: .*'
+        r"Given value: (.*)$",
+        text,
+    )
+    if not union:
+        return text
+    names = [re.sub(r"<class '(?:builtins\.)?(\w+)'>", r"\1", name) for name in union.group(2).split(", ")]
+    expected = " or ".join("null" if name == "NoneType" else name for name in names)
+    return f"{union.group(1)}={union.group(3)!r}: expected {expected}"
 
 
 def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:

@@ -195,9 +195,30 @@ def test_evaluating_best_and_last_uses_the_newest_run_s_checkpoints(workdir, cap
     assert [p.name for p in run.parent.iterdir()] == ["version_0"]  # evaluated into the run, no new folder
 
 
+@pytest.mark.parametrize(
+    ("flag", "line"),
+    [
+        ("--data.batch_size=0", "error: data.batch_size=0 must be a positive integer"),
+        ("--trainer.max_epochs=abc", "error: trainer.max_epochs='abc': expected int or null"),
+        ("--early_stopping.mode=maxx", 'error: Parser key "early_stopping.mode": Expected a typing.Literal'),
+        ("--trainer.accelerator=gpu", "error: trainer.accelerator='gpu', trainer.devices='auto': No supported gpu"),
+    ],
+)
+def test_bad_input_prints_its_one_line_alone(tmp_path, flag, line):
+    """No seed or device line before the error: stderr is the error, and stdout is empty."""
+    if flag.endswith("gpu") and torch.cuda.is_available():
+        pytest.skip("a GPU is there")
+    result = run_cli("fit", "--config", str(CONFIGS / "b16.yaml"), flag, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(line), result.stderr
+    assert not (tmp_path / "lightning_logs").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path):
-    result = run_cli("fit", "--data.batch_size=0", cwd=tmp_path, env={"JSONARGPARSE_DEBUG": "1"})
+    result = run_cli("fit", "--data.batch_size=0", cwd=tmp_path, env={"JSONARGPARSE_DEBUG": "true"})
     assert result.returncode != 0 and "Traceback" in result.stderr
+    assert "data.batch_size=0 must be a positive integer" in result.stderr
 
 
 def test_divergence_stops_in_the_epoch_and_explains(workdir):
