@@ -8,6 +8,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 from torch.utils.data import DataLoader, Subset
@@ -254,7 +255,8 @@ class GradientNoiseScale(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if has_loss(pl_module):
             self.method = "per_example"
-            self._examples, self._population = _examples(trainer.train_dataloader, self.max_examples)
+            with isolate_rng():  # reading the examples draws from the global generators: training must not notice
+                self._examples, self._population = _examples(trainer.train_dataloader, self.max_examples)
             used = len(_first_tensor(self._examples))
             rank_zero_info(f"GradientNoiseScale: per-example gradients over {used} of {self._population} examples")
         elif trainer.accumulate_grad_batches >= 2:
@@ -275,8 +277,9 @@ class GradientNoiseScale(pl.Callback):
             training = pl_module.training
             pl_module.eval()
             try:
-                examples = _map_tensors(lambda t: t.to(pl_module.device), self._examples)
-                self.last = per_example_noise_scale(pl_module, examples, self._population)
+                with isolate_rng():  # a loss that draws random numbers must not shift the training's
+                    examples = _map_tensors(lambda t: t.to(pl_module.device), self._examples)
+                    self.last = per_example_noise_scale(pl_module, examples, self._population)
             finally:
                 pl_module.train(training)
             for logger in trainer.loggers:

@@ -152,3 +152,20 @@ def test_without_scikit_learn_the_digits_fail_in_one_line_naming_the_extra(tmp_p
     )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_the_noise_scale_callback_does_not_change_training(tmp_path: Path) -> None:
+    """Reading its examples iterates a DataLoader, which draws from the global generator that a shuffling
+    DataLoader's order comes from: the callback keeps that draw to itself."""
+    from batchsize_lit.science import GradientNoiseScale
+
+    weights = []
+    for callbacks in ([], [GradientNoiseScale(max_examples=256)]):
+        torch.manual_seed(0)
+        data, model = DigitsDataModule(), MLPClassifier(hidden=16)
+        trainer = Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                          default_root_dir=tmp_path)  # fmt: skip
+        trainer.fit(model, data)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
