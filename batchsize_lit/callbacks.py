@@ -147,7 +147,9 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
         return {**super().state_dict(), "best_weights": self.best_weights, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience  # the resuming command's setting, as its config.yaml says; the counts carry on
         super().load_state_dict(state_dict)
+        self.patience = patience
         self.best_weights = state_dict.get("best_weights")
         self.best_epoch = state_dict.get("best_epoch")
 

@@ -215,6 +215,16 @@ def test_bad_input_prints_its_one_line_alone(tmp_path, flag, line):
     assert not (tmp_path / "lightning_logs").exists()
 
 
+def test_a_resumed_fit_stops_by_its_own_patience(workdir, capsys):
+    """Early stopping's counts carry over from the checkpoint; its patience is the resuming command's."""
+    args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET]
+    main(["fit", *args, "--trainer.max_epochs=3", "--early_stopping.patience=null"])
+    capsys.readouterr()
+    main(["fit", *args, "--trainer.max_epochs=40", "--ckpt_path=last"])  # b16.yaml: patience 3
+    summary = capsys.readouterr().out
+    assert re.search(r"Fit finished: (\d+) of 40 epochs, early stop at epoch \1 \(patience 3\)", summary), summary
+
+
 def test_debug_shows_the_traceback(tmp_path):
     result = run_cli("fit", "--data.batch_size=0", cwd=tmp_path, env={"JSONARGPARSE_DEBUG": "true"})
     assert result.returncode != 0 and "Traceback" in result.stderr
