@@ -1,6 +1,7 @@
 """EarlyStopping that restores the best weights, a last.ckpt kept current, the run history and the divergence stop."""
 
 import os
+import random
 import sys
 import warnings
 from typing import Any, Literal
@@ -12,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint as _ModelCheckpoint
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor
@@ -201,6 +203,16 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
             self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
             trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # A DataLoader(shuffle=True) draws each epoch's order from the global generator: resumed from the end of an
+        # epoch with the states of then, it shuffles as the uninterrupted run did. One process only: a checkpoint
+        # holds rank 0's states.
+        if "rng_states" in checkpoint and trainer.state.fn == TrainerFn.FITTING and trainer.world_size == 1:
+            set_rng_states(checkpoint["rng_states"])
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
@@ -210,6 +222,27 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
             else:
                 where = "no epoch had finished, so there is no last.ckpt to resume from"
             print(f"Interrupted in epoch {trainer.current_epoch + 1}: {where}", file=sys.stderr)
+
+
+def rng_states() -> dict[str, Any]:
+    """The global random generators' states (torch, CUDA once used, Python, NumPy), as tensors and plain data, so
+    that a checkpoint holding them still loads with weights_only."""
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    if "numpy" in sys.modules:
+        name, keys, position, has_gauss, gauss = sys.modules["numpy"].random.get_state()
+        states["numpy"] = (name, keys.tolist(), position, has_gauss, gauss)
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "numpy" in states and "numpy" in sys.modules:
+        sys.modules["numpy"].random.set_state(states["numpy"])
 
 
 class RunHistory(pl.Callback):

@@ -49,6 +49,20 @@ def test_resume_with_ckpt_path_last_continues_in_place(workdir, capsys):
     assert "Fit finished: 4 of 4 epochs" in capsys.readouterr().out
 
 
+def test_a_resumed_fork_ends_with_an_uninterrupted_run_s_weights(workdir):
+    """A fork's DataLoader(shuffle=True) draws each epoch's order from the global generator: last.ckpt holds the
+    generators' states, so a resumed run shuffles as the uninterrupted one did."""
+    assert exit_code(["fit", *FORK, "--trainer.logger.init_args.name=whole"]) == 0
+    assert exit_code(["fit", *FORK, "--trainer.logger.init_args.name=parts", "--trainer.max_epochs=2"]) == 0
+    assert exit_code(["fit", *FORK, "--trainer.logger.init_args.name=parts", "--ckpt_path=last"]) == 0
+    whole, parts = (
+        torch.load(workdir / f"lightning_logs/{name}/version_0/checkpoints/last.ckpt", weights_only=True)
+        for name in ("whole", "parts")
+    )
+    assert parts["epoch"] == whole["epoch"] == 3
+    assert all(torch.equal(whole["state_dict"][key], parts["state_dict"][key]) for key in whole["state_dict"])
+
+
 def test_validate_a_fork_checkpoint(workdir, capsys):
     assert exit_code(["fit", *FORK, "--trainer.max_epochs=1"]) == 0
     ckpt = next((workdir / "lightning_logs/default/version_0/checkpoints").glob("best-*.ckpt"))
