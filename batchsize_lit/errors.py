@@ -55,6 +55,7 @@ def one_line(error: BaseException) -> str:
     """The error as one line. A class-typed key (model, data) fails in jsonargparse as a Union of the class and
     None; only what the class itself said is kept, under its key."""
     text = " ".join(str(error).split())
+    text = re.sub(r'^(Parser key "\w+": )- Expected a path but \S+ either not accessible or invalid - ', r"\1", text)
     union = re.match(
         r'(?:Parser key "(\w+)": )?Does not validate against any of the Union subtypes.*?Errors: - (.*?)'
         r" - Expected a <class 'NoneType'>",
@@ -71,6 +72,12 @@ def one_line(error: BaseException) -> str:
         if unknown:
             known = inspect.signature(import_class(class_path.group(1))).parameters
             inner = f"unknown key {group}.{unknown.group(1)}{did_you_mean(unknown.group(1), known)}"
+        elif not inner.startswith("Parser key"):  # the class cannot be imported
+            inner = f"{group or 'class_path'}={class_path.group(1)!r}: {inner}"
+    subclass = re.match(r"Import path does not correspond to a subclass of (\w+)", inner)
+    value = re.search(r"Given value: (\S+)$", text)
+    if subclass and value:
+        inner = f"{group or 'class_path'}={value.group(1)!r} is not a {subclass.group(1)}"
     return inner
 
 

@@ -63,6 +63,20 @@ def test_a_resumed_fork_ends_with_an_uninterrupted_run_s_weights(workdir):
     assert all(torch.equal(whole["state_dict"][key], parts["state_dict"][key]) for key in whole["state_dict"])
 
 
+@pytest.mark.parametrize(
+    ("flag", "line"),
+    [
+        ("--model=fork.regression.NoSuch", "model='fork.regression.NoSuch': module 'fork.regression' has no attribute"),
+        ("--data.class_path=fork.nosuch.Data", "data='fork.nosuch.Data': module 'fork' has no attribute 'nosuch'"),
+        ("--model=nosuchpackage.Model", "model='nosuchpackage.Model': No module named 'nosuchpackage'"),
+        ("--model=fork.regression.SineData", "model='fork.regression.SineData' is not a LightningModule"),
+    ],
+)
+def test_a_class_path_that_names_no_usable_class_is_one_line_naming_key_and_value(workdir, flag, line):
+    assert str(exit_code(["fit", flag])).startswith(f"error: {line}")
+    assert not (workdir / "lightning_logs").exists()
+
+
 def test_validate_a_fork_checkpoint(workdir, capsys):
     assert exit_code(["fit", *FORK, "--trainer.max_epochs=1"]) == 0
     ckpt = next((workdir / "lightning_logs/default/version_0/checkpoints").glob("best-*.ckpt"))
