@@ -7,7 +7,7 @@ from typing import Any, Literal
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from batchsize_lit.cli import config_stem
-from batchsize_lit.study.grid import cell_name, expand, fit_args, group_name
+from batchsize_lit.study.grid import SHORT_NAMES, cell_name, expand, fit_args, group_name
 from batchsize_lit.study.report import report
 from batchsize_lit.study.run import Defaults, check_cells, default_jobs, quiet_lightning, read_result, run_cells
 
@@ -80,7 +80,11 @@ def run_study(
         print(f"{len(missing)} cell(s) have no result yet: {', '.join(missing)}")
     if not rows:
         return 1
-    report(rows, folder, {name: group_name(cell, grid) for name, cell in zip(names, cells, strict=True)})
+    # The grid's keys that no documented column holds (a fork's model.hidden) become columns of their own.
+    settings = [key for key in grid if key not in SHORT_NAMES]
+    values = dict(zip(names, cells, strict=True))
+    rows = [{**{key: values[row["cell"]][key] for key in settings}, **row} for row in rows]
+    report(rows, folder, {name: group_name(cell, grid) for name, cell in values.items()}, settings)
     failed = [row["cell"] for row in rows if row["status"] == "failed"]
     if failed:
         print(f"{len(failed)} cell(s) failed: {', '.join(failed)}; see traceback.txt in their folders")

@@ -41,35 +41,43 @@ COLUMNS = [
 SHOWN = "cell batch_size max_epochs lr seed epochs_run steps train_loss monitor_best test_loss weight bias status"
 
 
-def columns_of(rows: list[dict[str, Any]]) -> list[str]:
-    """The documented columns any row has, then the others in order of first appearance."""
+def columns_of(rows: list[dict[str, Any]], settings: list[str] = ()) -> list[str]:
+    """The cell, the grid's own settings, the documented columns any row has, then the others in order of first
+    appearance."""
     present = {key for row in rows for key in row if key != "history"}
-    extra = list(dict.fromkeys(key for row in rows for key in row if key not in COLUMNS and key != "history"))
-    return [column for column in COLUMNS if column in present] + extra
+    first = ["cell", *settings]
+    extra = [key for row in rows for key in row if key not in COLUMNS and key not in first and key != "history"]
+    return first + [column for column in COLUMNS[1:] if column in present] + list(dict.fromkeys(extra))
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def write_csv(rows: list[dict[str, Any]], path: Path, settings: list[str] = ()) -> None:
     with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, columns_of(rows), extrasaction="ignore")
+        writer = csv.DictWriter(file, columns_of(rows, settings), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
 
-def report(rows: list[dict[str, Any]], folder: Path, groups: dict[str, str]) -> None:
+def report(rows: list[dict[str, Any]], folder: Path, groups: dict[str, str], settings: list[str] = ()) -> None:
     """results.csv, the table, mean ± sd over seeds, the plots and, where steps to target were recorded, the
-    critical batch size. ``groups`` maps each cell to its name without the seed."""
+    critical batch size. ``groups`` maps each cell to its name without the seed; ``settings`` are grid keys that
+    no documented column holds (a fork's ``model.hidden``), shown after the cell."""
     from batchsize_lit.plots import plot_critical_batch, plot_curves  # matplotlib only when a report is made
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, folder / "results.csv")
+    write_csv(rows, folder / "results.csv", settings)
     monitor = next((row["monitor"] for row in rows if row.get("monitor")), None)
-    print(format_table(rows, [c for c in SHOWN.split() if any(row.get(c) is not None for row in rows)]))
+    shown = ["cell", *settings, *SHOWN.split()[1:]]
+    print(format_table(rows, [c for c in shown if any(row.get(c) is not None for row in rows)]))
     by_group: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_group.setdefault(groups.get(row["cell"], row["cell"]), []).append(row)
     if any(len(members) > 1 for members in by_group.values()):
         print("\nMean ± sd over seeds:")
-        keys = ["epochs_run", "train_loss", "monitor_best", "test_loss"]
+        keys = [
+            key
+            for key in ("epochs_run", "train_loss", "monitor_best", "test_loss")
+            if any(r.get(key) is not None for r in rows)
+        ]
         print(format_table(summarize(by_group, keys), ["cell", "runs", *keys]))
     if monitor:
         print(f"monitor_best is the best {monitor} of each run")
@@ -120,4 +128,5 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
     table = [columns] + [[cell(row.get(column)) for column in columns] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in table)
+    lines = ("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)) for line in table)
+    return "\n".join(line.rstrip() for line in lines)
