@@ -95,6 +95,11 @@ def _unbatched(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return batch
 
 
+def fsum(values: Tensor) -> float:
+    """The exactly rounded sum of a tensor's values."""
+    return math.fsum(values.tolist())
+
+
 class RegressionDataModule(pl.LightningDataModule):
     """y = slope·x + intercept + noise_std·ε on an even grid of x, split into train, val and test.
 
@@ -205,10 +210,11 @@ class RegressionDataModule(pl.LightningDataModule):
             hp = self.hparams
             x, y = self.generate()
             train, val, _ = self.split_indices()
-            xt, yt = x[train].double().flatten().tolist(), y[train].double().flatten().tolist()
-            # Exactly rounded sums (math.fsum): the same facts in every process, whatever threads a library uses.
-            n, sx, sy = len(xt), math.fsum(xt), math.fsum(yt)
-            sxx, sxy = math.fsum(a * a for a in xt), math.fsum(a * c for a, c in zip(xt, yt, strict=True))
+            xt, yt = x[train].double().flatten(), y[train].double().flatten()
+            # Exactly rounded sums (math.fsum) of elementwise float64 terms: the same facts in every process, whatever
+            # threads a library sums with.
+            n, sx, sy = len(xt), fsum(xt), fsum(yt)
+            sxx, sxy = fsum(xt * xt), fsum(xt * yt)
             w = (n * sxy - sx * sy) / (n * sxx - sx * sx)
             b = (sy - w * sx) / n
             # H = 2·[[E x², E x], [E x, 1]]; the eigenvalues of a symmetric 2×2 matrix in closed form.
@@ -220,16 +226,15 @@ class RegressionDataModule(pl.LightningDataModule):
                 "true_bias": hp.intercept,
                 "lsq_weight": w,
                 "lsq_bias": b,
-                "lsq_train_mse": math.fsum((c - (w * a + b)) ** 2 for a, c in zip(xt, yt, strict=True)) / n,
+                "lsq_train_mse": fsum((yt - (w * xt + b)) ** 2) / n,
                 "noise_floor": hp.noise_std**2,
                 "hessian_eig_min": eig_min,
                 "hessian_eig_max": eig_max,
                 "lr_max_stable": 2 / eig_max,
             }
             if len(val):
-                xv, yv = x[val].double().flatten().tolist(), y[val].double().flatten().tolist()
-                squares = ((c - (w * a + b)) ** 2 for a, c in zip(xv, yv, strict=True))
-                self._facts["val_loss_at_optimum"] = math.fsum(squares) / len(xv)
+                xv, yv = x[val].double().flatten(), y[val].double().flatten()
+                self._facts["val_loss_at_optimum"] = fsum((yv - (w * xv + b)) ** 2) / len(xv)
         return dict(self._facts)
 
     def run_report(self, facts: dict[str, float]) -> RunReport:
