@@ -225,24 +225,27 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
 
 
 def rng_states() -> dict[str, Any]:
-    """The global random generators' states (torch, CUDA once used, Python, NumPy), as tensors and plain data, so
-    that a checkpoint holding them still loads with weights_only."""
-    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """The global random generators' states (torch, CUDA once used, Python, NumPy), each kept in a tensor, so that a
+    checkpoint holding them still loads with weights_only and pickles them as a few objects, not thousands of ints."""
+    version, words, gauss = random.getstate()
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": (version, torch.tensor(words), gauss)}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     if "numpy" in sys.modules:
-        name, keys, position, has_gauss, gauss = sys.modules["numpy"].random.get_state()
-        states["numpy"] = (name, keys.tolist(), position, has_gauss, gauss)
+        name, keys, position, has_gauss, cached = sys.modules["numpy"].random.get_state()
+        states["numpy"] = (name, torch.from_numpy(keys.astype("int64")), position, has_gauss, cached)
     return states
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
+    version, words, gauss = states["python"]
+    random.setstate((version, tuple(words.tolist()), gauss))
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
     if "numpy" in states and "numpy" in sys.modules:
-        sys.modules["numpy"].random.set_state(states["numpy"])
+        name, keys, position, has_gauss, cached = states["numpy"]
+        sys.modules["numpy"].random.set_state((name, keys.numpy().astype("uint32"), position, has_gauss, cached))
 
 
 class RunHistory(pl.Callback):
