@@ -152,6 +152,8 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
         patience = self.patience  # the resuming command's setting, as its config.yaml says; the counts carry on
         super().load_state_dict(state_dict)
         self.patience = patience
+        if self.stopped_epoch and self.wait_count < patience:  # stopped early by a smaller patience: go on
+            self.stopped_epoch = 0
         self.best_weights = state_dict.get("best_weights")
         self.best_epoch = state_dict.get("best_epoch")
 
@@ -238,6 +240,7 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
+    """Restores what rng_states() recorded; CUDA states only onto as many devices as they came from."""
     torch.set_rng_state(states["torch"])
     version, words, gauss = states["python"]
     random.setstate((version, tuple(words.tolist()), gauss))

@@ -225,15 +225,16 @@ class BatchSizeCLI(LightningCLI):
         # resumed run ends where an uninterrupted one would) as a fresh start. See before_fit.
         self._as_given = {
             "ckpt_path": None if ckpt_path == "last" else ckpt_path,
-            "version": logger.init_args.get("version") if tensorboard else None,
+            "version": logger.init_args.get("version") if hasattr(logger, "init_args") else None,
         }
         newest = ckpt_path == "last" or (ckpt_path == "best" and self.subcommand != "fit")
         if newest and not tensorboard:
             raise BadInput(f"ckpt_path={ckpt_path!r} means the TensorBoard logger's newest run; give a path")
+        weights_only = config.get("weights_only") is not False
         if newest and self.subcommand == "fit":
-            config.ckpt_path = self._resume_in_place(logger)
+            config.ckpt_path = self._resume_in_place(logger, weights_only)
         elif newest:  # a new process has no last or best checkpoint of its own: those of the newest run
-            config.ckpt_path = ckpt_path = self._newest_run_checkpoint(logger, ckpt_path)
+            config.ckpt_path = ckpt_path = self._newest_run_checkpoint(logger, ckpt_path, weights_only)
         if ckpt_path and self.subcommand != "fit" and tensorboard and _is_run_checkpoint(ckpt_path):
             run = Path(os.path.relpath(ckpt_path)).parent.parent  # evaluate into the run the checkpoint came from
             logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
@@ -263,14 +264,20 @@ class BatchSizeCLI(LightningCLI):
         self._claimed = parent / f"version_{version}"
         return f"version_{version}"
 
-    def _resume_in_place(self, logger: Any) -> str:
+    def _resume_in_place(self, logger: Any, weights_only: bool) -> str:
         """`fit --ckpt_path last`: the newest run of this name that has a last.ckpt, continued in its own folder."""
-        last = self._newest_run_checkpoint(logger, "last")
+        last = self._newest_run_checkpoint(logger, "last", weights_only)
         logger.init_args.version = Path(last).parts[-3]
         return last
 
-    def _newest_run_checkpoint(self, logger: Any, which: str) -> str:
-        """The last.ckpt, or the best checkpoint it records, of the newest run of this name that has a last.ckpt."""
+    def _newest_run_checkpoint(self, logger: Any, which: str, weights_only: bool) -> str:
+        """The last.ckpt, or the best checkpoint it records, of the newest run of this name that has a last.ckpt.
+
+        Args:
+            logger: The TensorBoard logger's config: its save_dir and name hold the runs.
+            which: ``last`` or ``best``.
+            weights_only: Whether the checkpoints are to be read as tensors and plain data only.
+        """
         init = logger.init_args
         runs = sorted(
             (
@@ -281,16 +288,18 @@ class BatchSizeCLI(LightningCLI):
             key=lambda path: int(path.parts[-3][8:]),
         )
         if not runs:
+            # the best checkpoint is the one the newest last.ckpt records: with save_last false there is none
             raise BadInput(f"ckpt_path={which!r}: no last.ckpt under {Path(init.save_dir, init.name)}")
         last = str(runs[-1])
-        check_checkpoint(last, f"ckpt_path={which!r}")
+        check_checkpoint(last, f"ckpt_path={which!r}", weights_only)
         if which == "last":
             return last
-        states = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
+        states = torch.load(last, map_location="cpu", weights_only=weights_only, mmap=True).get("callbacks", {})
         best = next((s["best_model_path"] for k, s in states.items() if k.startswith("ModelCheckpoint")), "")
         best_here = runs[-1].parent / Path(best).name  # the same run folder, wherever it was written from
         if not best or not best_here.is_file():
             raise BadInput(f"ckpt_path='best': {last} records no best checkpoint that is still there")
+        check_checkpoint(str(best_here), "ckpt_path='best'", weights_only)
         return str(best_here)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

@@ -18,6 +18,10 @@ from batchsize_lit.errors import BadInput
 from batchsize_lit.problem import has_loss, reference_facts
 from batchsize_lit.trainer_info import batch_size, find_callback
 
+# Per-example gradient elements held at once, 16M doubles (128 MiB): a model of 1M parameters takes 16 examples a
+# chunk; the bundled regression takes its whole training split.
+CHUNK_ELEMENTS = 2**24
+
 
 def exact_noise_scale(x: Tensor, y: Tensor, weight: float, bias: float) -> dict[str, float]:
     """B_simple and B_noise of y ≈ w·x + b under the mean squared error, in closed form.
@@ -112,7 +116,7 @@ def per_example_noise_scale(module: nn.Module, batch: Any, population: int | Non
 
     n_params = sum(params[name].numel() for name in names)
     moments = GradientMoments(scatter=n_params <= max_hessian)
-    examples = _count(batch)
+    examples = len(_first_tensor(batch))
     chunk = max(1, CHUNK_ELEMENTS // n_params)  # examples whose gradients are held at once
     for start in range(0, examples, chunk):
         part = _map_tensors(lambda t, start=start: t[start : start + chunk], batch)
@@ -126,19 +130,6 @@ def per_example_noise_scale(module: nn.Module, batch: Any, population: int | Non
             [torch.cat([blocks[a][b].reshape(params[a].numel(), params[b].numel()) for b in names], 1) for a in names]
         )
     return _noise_scale(moments, hessian_matrix, population or examples)
-
-
-# Per-example gradient elements held at once, 16M doubles (128 MiB): a model of 1M parameters takes 16 examples a
-# chunk; the bundled regression takes its whole training split.
-CHUNK_ELEMENTS = 2**24
-
-
-def _count(batch: Any) -> int:
-    """The number of examples in a batch: the length of its first tensor, in tuples, lists and dicts."""
-    if isinstance(batch, Tensor):
-        return len(batch)
-    parts = batch.values() if isinstance(batch, dict) else batch
-    return next(_count(part) for part in parts if isinstance(part, Tensor | dict | list | tuple))
 
 
 class TwoBatchEstimator:

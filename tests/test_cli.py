@@ -225,6 +225,16 @@ def test_a_resumed_fit_stops_by_its_own_patience(workdir, capsys):
     assert re.search(r"Fit finished: (\d+) of 40 epochs, early stop at epoch \1 \(patience 3\)", summary), summary
 
 
+def test_a_run_stopped_early_resumes_training_given_a_larger_patience(workdir, capsys):
+    args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=60"]
+    main(["fit", *args])  # early stop with patience 3
+    first = re.search(r"early stop at epoch (\d+)", capsys.readouterr().out)
+    main(["fit", *args, "--early_stopping.patience=8", "--ckpt_path=last"])
+    summary = capsys.readouterr().out
+    again = re.search(r"Fit finished: (\d+) of 60 epochs", summary)
+    assert first and again and int(again.group(1)) > int(first.group(1)), summary
+
+
 def test_debug_shows_the_traceback(tmp_path):
     result = run_cli("fit", "--data.batch_size=0", cwd=tmp_path, env={"JSONARGPARSE_DEBUG": "true"})
     assert result.returncode != 0 and "Traceback" in result.stderr

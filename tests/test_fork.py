@@ -162,8 +162,8 @@ def test_a_killed_worker_process_ends_the_study_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     folder = tmp_path / "lightning_logs/forkstudy"
     assert result.stderr.splitlines()[-1] == (
-        "error: a worker process died (killed, or out of memory?); the finished cells are kept in "
-        f"{folder.relative_to(tmp_path)}: run the same command again to run the others"
+        "error: a worker process died (killed, out of memory, or failed to start: see above); the finished cells are "
+        f"kept in {folder.relative_to(tmp_path)}: run the same command again to run the others"
     )
     assert not (folder / "hidden-13/result.json").exists() and not (folder / "results.csv").exists()
 

@@ -100,8 +100,8 @@ def run_cells(
                 on_row(future.result()["row"])
         except BrokenProcessPool:
             raise WorkerDied(
-                f"a worker process died (killed, or out of memory?); the finished cells are kept in {folder}: run the "
-                "same command again to run the others"
+                f"a worker process died (killed, out of memory, or failed to start: see above); the finished cells are "
+                f"kept in {folder}: run the same command again to run the others"
             ) from None
 
 
