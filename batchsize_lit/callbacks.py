@@ -159,8 +159,12 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
 
 
 def never_logged(key: str, metric: str, trainer: pl.Trainer) -> str:
-    """The one-line error for a monitored metric that the model does not log."""
-    logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
+    """The one-line error for a monitored metric that the model does not log, naming what can be monitored: what
+    was logged, and the run history's train_loss_epoch (logged for a callback only when one monitors it)."""
+    names = set(trainer.callback_metrics)
+    if any(isinstance(callback, RunHistory) for callback in trainer.callbacks):
+        names.add("train_loss_epoch")
+    logged = ", ".join(sorted(names)) or "none"
     no_val = sum(trainer.num_val_batches or [0]) == 0 if isinstance(trainer.num_val_batches, list) else False
     hint = "; the data has no validation batches" if no_val else ""
     return f"{key}={metric!r} is never logged (logged: {logged}){hint}"

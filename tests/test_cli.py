@@ -133,7 +133,7 @@ def test_help_documents_every_data_and_model_key(capsys):
         (["--ckpt_path=missing.ckpt"], "ckpt_path='missing.ckpt' does not exist"),
         (["--ckpt_path=last"], "ckpt_path='last': no last.ckpt under lightning_logs/b16"),
         (["--config=missing.yaml"], "missing.yaml"),
-        (["--data.val_fraction=0"], "early_stopping.monitor='val_loss' is never logged"),
+        (["--data.val_fraction=0"], "early_stopping.monitor='val_loss' is never logged (logged: train_loss_epoch)"),
     ],
 )
 def test_bad_input_gives_one_clean_line(workdir, capsys, args, message):
