@@ -99,32 +99,19 @@ def test_steps_to_target_is_the_first_step_from_which_it_stays_reached(mode, val
     assert tracker.reached_step == 3 and trainer.should_stop
 
 
-def test_per_example_noise_scale_equals_the_closed_form_on_the_linear_model():
-    from batchsize_lit import LinearRegressor
-    from batchsize_lit.science import per_example_noise_scale
-
-    model = LinearRegressor()
-    with torch.no_grad():
-        model.linear.weight.fill_(W), model.linear.bias.fill_(B)
-    general = per_example_noise_scale(model, train_split())
-    exact = exact_noise_scale(*train_split(), model.linear.weight.item(), model.linear.bias.item())
-    for key in ["b_simple", "b_noise", "b_simple_finite", "grad_norm_sq", "trace_sigma"]:
-        assert general[key] == pytest.approx(exact[key], rel=1e-9, abs=1e-12), key
-
-
 @pytest.mark.parametrize("chunk_elements", [2, 7, 2**24])  # 1 and 3 examples a chunk, and the whole split at once
-def test_per_example_gradients_in_chunks_give_the_same_noise_scale(monkeypatch, chunk_elements):
-    """Large models take their per-example gradients a few examples at a time; the moments merge exactly."""
+def test_per_example_noise_scale_equals_the_closed_form_on_the_linear_model(monkeypatch, chunk_elements):
+    """Also when a large model takes its per-example gradients a few examples at a time: the moments merge exactly."""
     from batchsize_lit import LinearRegressor, science
 
     model = LinearRegressor()
     with torch.no_grad():
         model.linear.weight.fill_(W), model.linear.bias.fill_(B)
     monkeypatch.setattr(science, "CHUNK_ELEMENTS", chunk_elements)
-    chunked = science.per_example_noise_scale(model, train_split())
+    general = science.per_example_noise_scale(model, train_split())
     exact = exact_noise_scale(*train_split(), model.linear.weight.item(), model.linear.bias.item())
-    for key in ["b_simple", "b_noise", "grad_norm_sq", "trace_sigma"]:
-        assert chunked[key] == pytest.approx(exact[key], rel=1e-9, abs=1e-12), key
+    for key in ["b_simple", "b_noise", "b_simple_finite", "grad_norm_sq", "trace_sigma"]:
+        assert general[key] == pytest.approx(exact[key], rel=1e-9, abs=1e-12), key
 
 
 def test_two_batch_estimate_on_digits_is_within_15_percent_of_the_per_example_value():
