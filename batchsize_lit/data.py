@@ -95,9 +95,10 @@ def _unbatched(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return batch
 
 
-def fsum(values: Tensor) -> float:
-    """The exactly rounded sum of a tensor's values."""
-    return math.fsum(values.tolist())
+def ordered_sum(values: Tensor) -> float:
+    """The sum of a float64 tensor's values added one after another, first to last (a running sum,
+    ``torch.cumsum``): the same in every process whatever the thread count, unlike ``torch.sum``."""
+    return float(values.cumsum(0)[-1]) if len(values) else 0.0
 
 
 class RegressionDataModule(pl.LightningDataModule):
@@ -211,10 +212,9 @@ class RegressionDataModule(pl.LightningDataModule):
             x, y = self.generate()
             train, val, _ = self.split_indices()
             xt, yt = x[train].double().flatten(), y[train].double().flatten()
-            # Exactly rounded sums (math.fsum) of elementwise float64 terms: the same facts in every process, whatever
-            # threads a library sums with.
-            n, sx, sy = len(xt), fsum(xt), fsum(yt)
-            sxx, sxy = fsum(xt * xt), fsum(xt * yt)
+            # Float64 sums in a fixed order: the same facts in every process, whatever threads a library sums with.
+            n, sx, sy = len(xt), ordered_sum(xt), ordered_sum(yt)
+            sxx, sxy = ordered_sum(xt * xt), ordered_sum(xt * yt)
             w = (n * sxy - sx * sy) / (n * sxx - sx * sx)
             b = (sy - w * sx) / n
             # H = 2·[[E x², E x], [E x, 1]]; the eigenvalues of a symmetric 2×2 matrix in closed form.
@@ -226,7 +226,7 @@ class RegressionDataModule(pl.LightningDataModule):
                 "true_bias": hp.intercept,
                 "lsq_weight": w,
                 "lsq_bias": b,
-                "lsq_train_mse": fsum((yt - (w * xt + b)) ** 2) / n,
+                "lsq_train_mse": ordered_sum((yt - (w * xt + b)) ** 2) / n,
                 "noise_floor": hp.noise_std**2,
                 "hessian_eig_min": eig_min,
                 "hessian_eig_max": eig_max,
@@ -234,7 +234,7 @@ class RegressionDataModule(pl.LightningDataModule):
             }
             if len(val):
                 xv, yv = x[val].double().flatten(), y[val].double().flatten()
-                self._facts["val_loss_at_optimum"] = fsum((yv - (w * xv + b)) ** 2) / len(xv)
+                self._facts["val_loss_at_optimum"] = ordered_sum((yv - (w * xv + b)) ** 2) / len(xv)
         return dict(self._facts)
 
     def run_report(self, facts: dict[str, float]) -> RunReport:

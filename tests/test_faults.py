@@ -87,8 +87,27 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_whole(tmp_path):
     io.save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, path)
     with pytest.raises(Exception):  # noqa: B017 - pickling a lambda fails part-way through the write
         io.save_checkpoint({"epoch": 2, "weights": torch.zeros(3), "bad": lambda: None}, path)
+    io.teardown()
     assert torch.load(path, weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_background_renames_keep_their_order_and_their_errors(tmp_path):
+    io = AtomicCheckpointIO()
+    for epoch in range(1, 21):  # each save renames over the previous one, in the background
+        io.save_checkpoint({"epoch": epoch}, tmp_path / "last.ckpt")
+        io.save_checkpoint({"epoch": epoch}, tmp_path / f"best-{epoch}.ckpt")
+        io.remove_checkpoint(tmp_path / f"best-{epoch - 1}.ckpt")
+    assert io.load_checkpoint(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 20  # a load waits
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-20.ckpt", "last.ckpt"]
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("a folder that a rename cannot replace")
+    io.save_checkpoint({"epoch": 21}, tmp_path / "taken")
+    with pytest.raises(OSError):
+        io.teardown()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-20.ckpt", "last.ckpt", "taken"]  # no temporary
+    io.save_checkpoint({"epoch": 22}, tmp_path / "last.ckpt")  # after teardown the rename is immediate
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 22
 
 
 def test_a_log_folder_that_cannot_be_made_is_named(workdir):

@@ -2,6 +2,8 @@
 
 import copy
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -122,5 +124,16 @@ def test_idle_per_batch_hooks_are_skipped_and_the_fit_still_runs(workdir):
     cli = bundled_cli(["--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=1"])
     history = find_callback(cli.trainer, RunHistory)
     assert history.on_before_backward is None and history.on_train_batch_end is not None
+    assert cli.trainer.checkpoint_callback.on_train_batch_end is None  # it saves at epoch ends only
     cli.trainer.fit(cli.model, cli.datamodule)
     assert len(history.history) == 1
+
+
+def test_a_checkpoint_every_n_train_steps_keeps_its_per_step_hook(workdir):
+    args = ["--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=1", "--checkpoint.save_top_k=-1"]
+    cli = bundled_cli(
+        [*args, "--checkpoint.monitor=null", "--checkpoint.every_n_train_steps=3", "--checkpoint.filename={step}"]
+    )
+    cli.trainer.fit(cli.model, cli.datamodule)
+    names = sorted(p.name for p in Path(cli.trainer.checkpoint_callback.dirpath).iterdir())
+    assert names == ["last.ckpt", "step=3.ckpt", "step=6.ckpt"]  # saved mid-epoch, at steps 3 and 6 of 7
