@@ -40,15 +40,26 @@ def run_or_exit(command: Callable[[], int | None]) -> None:
 
     This is the one exit path of the package: the LightningCLI subcommands and the study both end here.
     """
+    debug = debug_requested()
     try:
         status = command()
     except USER_ERRORS as error:
-        if os.environ.get("JSONARGPARSE_DEBUG"):
+        if debug:
             raise
         prefix = "training diverged: " if isinstance(error, Diverged) else ""
         sys.exit(f"error: {prefix}{one_line(error)}")
     if status:
         sys.exit(status)
+
+
+def debug_requested() -> bool:
+    """Whether JSONARGPARSE_DEBUG asks for tracebacks. jsonargparse accepts only true or false, and fails on anything
+    else; 1, yes and on are rewritten to true, 0, no and off to false, for this process and those it starts."""
+    value = os.environ.get("JSONARGPARSE_DEBUG", "").strip().lower()
+    if value in ("1", "yes", "on", "true", "0", "no", "off", "false"):
+        value = "true" if value in ("1", "yes", "on", "true") else "false"
+        os.environ["JSONARGPARSE_DEBUG"] = value
+    return value == "true"
 
 
 def one_line(error: BaseException) -> str:

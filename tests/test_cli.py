@@ -238,10 +238,16 @@ def test_a_run_stopped_early_resumes_training_given_a_larger_patience(workdir, c
     assert first and again and int(again.group(1)) > int(first.group(1)), summary
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    result = run_cli("fit", "--data.batch_size=0", cwd=tmp_path, env={"JSONARGPARSE_DEBUG": "true"})
+@pytest.mark.parametrize("value", ["true", "1"])
+def test_debug_shows_the_traceback(tmp_path, value):
+    result = run_cli("fit", "--data.batch_size=0", cwd=tmp_path, env={"JSONARGPARSE_DEBUG": value})
     assert result.returncode != 0 and "Traceback" in result.stderr
     assert "data.batch_size=0 must be a positive integer" in result.stderr
+
+
+def test_debug_false_keeps_the_one_line(tmp_path):
+    result = run_cli("fit", "--data.batch_size=0", cwd=tmp_path, env={"JSONARGPARSE_DEBUG": "false"})
+    assert result.returncode == 1 and result.stderr == "error: data.batch_size=0 must be a positive integer\n"
 
 
 def test_divergence_stops_in_the_epoch_and_explains(workdir):

@@ -1,7 +1,6 @@
 """LinearRegressor and EarlyStopping: learning, parity with a plain PyTorch loop, restoring the best weights."""
 
 import copy
-
 from pathlib import Path
 
 import pytest
