@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 import yaml
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
@@ -170,6 +170,7 @@ class BatchSizeCLI(LightningCLI):
             if default_class is not None and config.get(key) is not None:
                 _drop_inherited_defaults(config[key], default_class, {k[len(key) + 1 :] for k in given})
         if printing:
+            self._checkpoint_follows_early_stopping(config)
             text = self.parser_of(subcommand).dump(config, **print_flags(printing))
             print(text, end="" if text.endswith("\n") else "\n")
             sys.exit(0)
@@ -177,6 +178,17 @@ class BatchSizeCLI(LightningCLI):
         if ckpt_path and ckpt_path not in ("best", "last", "hpc", "registry"):
             # Checked before Lightning reads the checkpoint's hyperparameters from it.
             check_checkpoint(ckpt_path, weights_only=config.get("weights_only") is not False)
+
+    def _checkpoint_follows_early_stopping(self, config: Namespace) -> None:
+        """The best checkpoint is picked by early stopping's monitor and mode, unless checkpoint.monitor is given."""
+        stopping, checkpoint = config.get("early_stopping"), config.get("checkpoint")
+        if (
+            stopping
+            and checkpoint
+            and "checkpoint.monitor" not in self._given
+            and stopping.monitor != checkpoint.monitor
+        ):
+            checkpoint.monitor, checkpoint.mode = stopping.monitor, stopping.get("mode", "min")
 
     def parser_of(self, subcommand: str | None) -> LightningArgumentParser:
         """The parser of a subcommand, or the main one: the subcommand parsers are made after it, in this order."""
@@ -212,14 +224,7 @@ class BatchSizeCLI(LightningCLI):
                 "trainer.enable_checkpointing=false: this template always has its checkpoint callback; write no "
                 "checkpoint with --checkpoint.save_top_k 0 --checkpoint.save_last false"
             )
-        stopping, checkpoint = config.get("early_stopping"), config.get("checkpoint")
-        if (
-            stopping
-            and checkpoint
-            and "checkpoint.monitor" not in self._given
-            and stopping.monitor != checkpoint.monitor
-        ):
-            checkpoint.monitor, checkpoint.mode = stopping.monitor, stopping.get("mode", "min")  # follow, unless set
+        self._checkpoint_follows_early_stopping(config)
         ckpt_path = config.get("ckpt_path")
         # config.yaml reruns the experiment in a new folder: the version as given, and a resume of the newest run (a
         # resumed run ends where an uninterrupted one would) as a fresh start. See before_fit.

@@ -300,6 +300,14 @@ def test_print_config_flags_and_the_printed_config_runs_the_same(capsys, tmp_pat
     assert exit_info.value.code == f"error: --print_config=skip_nul: unknown flag; known: {known}"
 
 
+def test_print_config_shows_the_checkpoint_following_early_stopping(capsys):
+    b16 = ["--config", str(CONFIGS / "b16.yaml"), "--early_stopping.monitor=train_loss_epoch"]
+    printed = yaml.safe_load(printed_config(capsys, *b16, "--early_stopping.mode=max", "--print_config"))
+    assert (printed["checkpoint"]["monitor"], printed["checkpoint"]["mode"]) == ("train_loss_epoch", "max")
+    printed = yaml.safe_load(printed_config(capsys, *b16, "--checkpoint.monitor=val_loss", "--print_config"))
+    assert printed["checkpoint"]["monitor"] == "val_loss"  # given: kept
+
+
 def drop_nulls(tree: object) -> object:
     if isinstance(tree, dict):
         return {key: drop_nulls(value) for key, value in tree.items() if value is not None}
