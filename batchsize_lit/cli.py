@@ -18,7 +18,7 @@ import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -320,10 +320,14 @@ class BatchSizeCLI(LightningCLI):
         self._notices.release()  # built: the seed and device lines, in the order they came
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: write checkpoints atomically
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        given = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        given = {id(callback) for callback in (given if isinstance(given, list) else [given])}
         for index, callback in enumerate(trainer.callbacks):  # Lightning's defaults, not a user's own choice
-            if type(callback) is TQDMProgressBar:
+            if id(callback) in given:
+                continue
+            if type(callback) in (TQDMProgressBar, RichProgressBar):  # Rich when the rich package is installed
                 trainer.callbacks[index] = ThrottledProgressBar()
-            elif type(callback) is ModelSummary:
+            elif type(callback) in (ModelSummary, RichModelSummary):
                 trainer.callbacks[index] = BriefModelSummary()
         skip_idle_hooks(trainer.callbacks)
         return trainer

@@ -176,7 +176,7 @@ def test_a_run_s_config_yaml_reruns_it_in_a_new_folder(workdir):
 
 
 def printed_val_loss(capsys) -> float:
-    return float(re.search(r"val_loss\s+([\d.]+)", capsys.readouterr().out).group(1))
+    return float(re.search(r"val_loss[\s│|]+([\d.]+)", capsys.readouterr().out).group(1))  # plain or Rich table
 
 
 def test_evaluating_best_and_last_uses_the_newest_run_s_checkpoints(workdir, capsys):

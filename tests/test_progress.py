@@ -240,3 +240,24 @@ def test_stdout_to_a_file_gets_a_few_lines(tmp_path):
     epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
     assert [line.split("  ")[:2] for line in epochs] == [[f"epoch {k}/5", "64 batches"] for k in range(1, 6)]
     assert len(text.splitlines()) <= 5 + 3
+
+
+def test_a_progress_bar_and_model_summary_of_the_users_own_are_kept(workdir):
+    from helpers import CONFIGS, bundled_cli
+
+    own = ["--trainer.callbacks+=TQDMProgressBar", "--trainer.callbacks+=ModelSummary"]
+    own.append("--trainer.callbacks.max_depth=2")
+    cli = bundled_cli(["--config", str(CONFIGS / "b16.yaml"), "--trainer.accelerator=cpu", *own])
+    kinds = [type(callback).__name__ for callback in cli.trainer.callbacks]
+    assert "TQDMProgressBar" in kinds and "ModelSummary" in kinds
+    assert "ThrottledProgressBar" not in kinds and "BriefModelSummary" not in kinds
+
+
+def test_with_rich_installed_the_defaults_are_still_replaced(workdir):
+    pytest.importorskip("rich")  # Lightning's defaults become RichProgressBar and RichModelSummary
+    from helpers import CONFIGS, bundled_cli
+
+    cli = bundled_cli(["--config", str(CONFIGS / "b16.yaml"), "--trainer.accelerator=cpu"])
+    kinds = {type(callback).__name__ for callback in cli.trainer.callbacks}
+    assert {"ThrottledProgressBar", "BriefModelSummary"} <= kinds
+    assert not kinds & {"RichProgressBar", "RichModelSummary", "TQDMProgressBar", "ModelSummary"}
