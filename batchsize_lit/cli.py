@@ -33,7 +33,15 @@ from batchsize_lit.callbacks import (
     RunHistory,
     skip_idle_hooks,
 )
-from batchsize_lit.errors import BAD_INPUT, BadInput, bad_yaml, config_values, did_you_mean, import_class
+from batchsize_lit.errors import (
+    BAD_INPUT,
+    BadInput,
+    config_file_problem,
+    config_values,
+    config_with_keys,
+    did_you_mean,
+    import_class,
+)
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.progress import ThrottledProgressBar
 from batchsize_lit.trainer_info import find_callback
@@ -119,7 +127,9 @@ class BatchSizeCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER, "max_epochs": 20})
-        kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "prog": "batchsize-lit", "epilog": STUDY_HINT})
+        # No abbreviated keys: --trainer.max_epoch is a typo to name, not --trainer.max_epochs.
+        parser_kwargs = {"exit_on_error": False, "prog": "batchsize-lit", "epilog": STUDY_HINT, "allow_abbrev": False}
+        kwargs.setdefault("parser_kwargs", parser_kwargs)
         # config.yaml is written by before_fit, for fit only: a callback would cost every training step a call.
         kwargs.setdefault("save_config_callback", None)
         self._notices = HeldBack("lightning.fabric.utilities.seed")
@@ -198,12 +208,15 @@ class BatchSizeCLI(LightningCLI):
 
     def _explain(self, error: ArgumentError, args: Any) -> None:
         """Raise the parse error with the bad YAML file named, or a suggestion for an unknown key."""
-        if "Problems parsing config" in str(error):
-            raise ArgumentError(None, bad_yaml(args) or str(error)) from None
-        unknown = re.search(r"unrecognized arguments: --([\w.]+)", str(error))
+        if re.search("Problems parsing config|Unexpected config", str(error)):
+            raise ArgumentError(None, config_file_problem(args) or str(error)) from None
+        study = config_with_keys(args, ("grid", "base"))
+        if study:
+            raise ArgumentError(None, f"--config {study} is a study config: run it with batchsize-lit study") from None
+        unknown = re.search(r"unrecognized arguments: --([\w.]+)|does not accept option '([\w.]+)'", str(error))
         if unknown:
             known = {key for p in self.parsers for key in p.get_defaults().keys()}  # noqa: SIM118
-            hint = did_you_mean(unknown.group(1), known, prefix="--")
+            hint = did_you_mean(unknown.group(1) or unknown.group(2), known, prefix="--" if unknown.group(1) else "")
             if hint:
                 raise ArgumentError(None, f"{error}{hint}") from None
         linked = re.match(r'Parser key "history\.(monitor|mode)"', str(error))

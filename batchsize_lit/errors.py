@@ -89,6 +89,10 @@ def one_line(error: BaseException) -> str:
     value = re.search(r"Given value: (\S+)$", text)
     if subclass and value:
         inner = f"{group or 'class_path'}={value.group(1)!r} is not a {subclass.group(1)}"
+    not_a_class = re.match(r"Expected a dot import path string|Not a valid subclass of (\w+)", inner)
+    if not_a_class and value:
+        base = not_a_class.group(1) or {"model": "LightningModule", "data": "LightningDataModule"}.get(group, "class")
+        inner = f"{group or 'class_path'}={value.group(1)!r}: expected the import path of a {base}, package.module.Name"
     return inner
 
 
@@ -118,16 +122,33 @@ def config_values(argv: list[str]) -> list[str]:
     return values + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
 
 
-def bad_yaml(args: Any) -> str | None:
-    """Name the --config file that is not valid YAML, and where, or None if every one parses."""
+def config_file_problem(args: Any) -> str | None:
+    """Name the --config file that is not valid YAML (and where), is empty, or is not keys and values; None if every
+    one is fine."""
     for path in config_values(list(args or sys.argv[1:]) if not isinstance(args, dict) else []):
         if Path(path).is_file():
             try:
-                yaml.safe_load(Path(path).read_text())
+                loaded = yaml.safe_load(Path(path).read_text())
             except yaml.YAMLError as error:
                 mark = getattr(error, "problem_mark", None)
                 where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
                 return f"--config {path} is not valid YAML{where}: {getattr(error, 'problem', error)}"
+            if loaded is None:
+                return f"--config {path} is empty"
+            if not isinstance(loaded, dict):
+                return f"--config {path} holds a {type(loaded).__name__}, not keys with values"
+    return None
+
+
+def config_with_keys(args: Any, keys: Iterable[str]) -> str | None:
+    """The first --config file whose top level has one of these keys, e.g. a study config's grid or base."""
+    for path in config_values(list(args or sys.argv[1:]) if not isinstance(args, dict) else []):
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(loaded, dict) and set(loaded) & set(keys):
+            return path
     return None
 
 

@@ -146,6 +146,33 @@ def test_bad_input_gives_one_clean_line(workdir, capsys, args, message):
     assert not (workdir / "lightning_logs").exists()
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "--config given.yaml is empty"),
+        ("# only a comment\n", "--config given.yaml is empty"),
+        ("- 1\n- 2\n", "--config given.yaml holds a list, not keys with values"),
+        ("data: 5\n", "data='5': expected the import path of a LightningDataModule, package.module.Name"),
+        ("model: nosuch\n", "model='nosuch': expected the import path of a LightningModule, package.module.Name"),
+        ("trainr:\n  max_epochs: 3\n", "'trainr.max_epochs'; did you mean trainer.max_epochs?"),
+        ("grid:\n  data.batch_size: [16]\n", "--config given.yaml is a study config: run it with batchsize-lit study"),
+    ],
+)
+def test_a_config_file_that_is_not_a_fit_config_is_named(workdir, text, message):
+    (workdir / "given.yaml").write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "given.yaml", *QUIET])
+    line = str(exit_info.value.code)
+    assert line.startswith("error: ") and message in line and "\n" not in line
+    assert not (workdir / "lightning_logs").exists()
+
+
+def test_an_abbreviated_key_is_not_taken_for_the_full_one(workdir):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epoch=1"])
+    assert str(exit_info.value.code).endswith("--trainer.max_epoch=1; did you mean --trainer.max_epochs?")
+
+
 def test_malformed_yaml_fails_cleanly_in_a_subprocess(tmp_path):
     (tmp_path / "bad.yaml").write_text("data:\n  batch_size: [1\n")
     result = run_cli("fit", "--config", "bad.yaml", cwd=tmp_path)

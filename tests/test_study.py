@@ -40,6 +40,24 @@ def test_bad_grid_fails_before_anything_runs(workdir, capsys, grid, message):
     assert not (workdir / "lightning_logs").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "text", "message"),
+    [
+        ([], "", "--config given.yaml is empty"),
+        ([], "grid:\n  data.batch_size: [16\n", "--config given.yaml is not valid YAML at line 3, column 1"),
+        ([], "gird:\n  data.batch_size: [16]\n", "Option 'gird.data.batch_size' is not accepted; did you mean grid?"),
+        ([], "data:\n  batch_size: 16\n", "--config given.yaml is a fit config: run it with batchsize-lit fit"),
+        (["--jobs=-3"], "grid:\n  data.batch_size: [16]\n", "jobs=-3 must be a positive integer"),
+        (["--job=1"], "grid:\n  data.batch_size: [16]\n", "unrecognized arguments: --job=1; did you mean --jobs?"),
+    ],
+)
+def test_a_bad_study_command_is_named_in_one_line(workdir, args, text, message):
+    (workdir / "given.yaml").write_text(text)
+    code = run("--config", "given.yaml", *args)
+    assert str(code).startswith("error: ") and message in str(code) and "\n" not in str(code)
+    assert not (workdir / "lightning_logs").exists()
+
+
 def test_two_cell_study_end_to_end(workdir, capsys):
     config = write_study(workdir, {"data.batch_size": [8, 64]})
     assert run("--config", str(config)) == 0

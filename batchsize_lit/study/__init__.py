@@ -1,12 +1,14 @@
 """`study`: a grid of fits, each parsed by the same LightningCLI, then a results table and plots."""
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 
 from batchsize_lit.cli import config_stem
+from batchsize_lit.errors import config_file_problem, config_with_keys, did_you_mean
 from batchsize_lit.study.grid import SHORT_NAMES, cell_name, expand, fit_args, group_name
 from batchsize_lit.study.report import report
 from batchsize_lit.study.run import Defaults, check_cells, default_jobs, quiet_lightning, read_result, run_cells
@@ -48,6 +50,8 @@ def run_study(
     Returns:
         The exit status: 0, or 1 if a cell failed other than by diverging.
     """
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs={jobs} must be a positive integer")
     folder = Path(root, name or "study")
     quiet_lightning()
     cells = expand(grid)
@@ -91,6 +95,11 @@ def run_study(
     return 1 if failed else 0
 
 
+# The top-level keys of a fit config, which a study config holds under base.
+FIT_KEYS = ("data", "model", "trainer", "early_stopping", "checkpoint", "history", "divergence", "seed_everything",
+            "optimizer", "lr_scheduler", "ckpt_path")  # fmt: skip
+
+
 class Progress:
     """Prints ``[k/N] cell status epochs best-monitor seconds ETA`` as each cell finishes."""
 
@@ -128,15 +137,37 @@ def build_parser() -> ArgumentParser:
         prog="batchsize-lit study",
         description="Run a grid of fit configs and compare them: results.csv, plots, TensorBoard runs.",
         exit_on_error=False,
+        allow_abbrev=False,
     )
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="A study config file (YAML).")
     parser.add_function_arguments(run_study, as_positional=False, skip={"defaults"})
     return parser
 
 
+def parse(argv: list[str]) -> Namespace:
+    """The study's arguments, or one line naming what is wrong: the config file, or the key with a suggestion."""
+    parser = build_parser()
+    try:
+        return parser.parse_args(argv)
+    except ArgumentError as error:
+        text = str(error)
+        if re.search("Problems parsing config|Unexpected config", text):
+            raise ArgumentError(None, config_file_problem(argv) or text) from None
+        fit = config_with_keys(argv, FIT_KEYS)
+        if fit:
+            hint = "run it with batchsize-lit fit, or give its keys as a study's base"
+            raise ArgumentError(None, f"--config {fit} is a fit config: {hint}") from None
+        unknown = re.search(r"Option '([\w.]+)' is not accepted|unrecognized arguments: --([\w.]+)", text)
+        if unknown:
+            name = (unknown.group(1) or unknown.group(2)).split(".")[0]
+            hint = did_you_mean(name, parser.get_defaults().keys(), prefix="" if unknown.group(1) else "--")
+            raise ArgumentError(None, f"{text}{hint}") from None
+        raise
+
+
 def run_command(argv: list[str], *defaults: Any) -> int:
     """``batchsize-lit study ...``: parse the study config and run it; returns the exit status."""
-    config = build_parser().parse_args(argv)
+    config = parse(argv)
     return run_study(
         grid=config.grid,
         base=config.base,
