@@ -8,6 +8,7 @@ import pickle
 import re
 import shutil
 import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -500,16 +501,22 @@ def check_checkpoint(path: str, key: str | None = None, weights_only: bool = Tru
     key = key or f"ckpt_path={path!r}"
     if not Path(path).is_file():
         raise BadInput(f"{key} does not exist")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise BadInput(f"{key}: {path} is {'empty' if not head else 'not a checkpoint: torch.save did not write it'}")
     try:
-        torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
     except pickle.UnpicklingError:
         raise BadInput(f"{key}: {path} holds more than tensors; if you trust it, add --weights_only false") from None
     except Exception as error:  # a truncated or foreign file; torch raises several kinds
-        reason = " ".join(str(error).split()).split(". ")[0][:160]
+        reason = textwrap.shorten(" ".join(str(error).split()).split(". ")[0], 160, placeholder=" ...")
         others = sorted(Path(path).parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
         usable = next((str(p) for p in others if str(p) != str(path) and _readable(p)), None)
         hint = f"; {usable} can be used instead" if usable else ""
         raise BadInput(f"{key}: {path} cannot be read, it may be truncated ({reason}){hint}") from None
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+        raise BadInput(f"{key}: {path} is a torch file but not a Lightning checkpoint (Trainer.save_checkpoint)")
 
 
 def _readable(path: Path) -> bool:

@@ -50,6 +50,28 @@ def test_a_truncated_checkpoint_is_named_in_one_line(finished_run, subcommand):
     assert "best-epoch=1.ckpt can be used instead" not in line  # it is in another folder
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"data:\n  batch_size: 16\n", "is not a checkpoint: torch.save did not write it"),
+        (
+            {"state_dict": {"w": torch.ones(1)}},
+            "is a torch file but not a Lightning checkpoint (Trainer.save_checkpoint)",
+        ),
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint_is_named_in_one_line(workdir, content, message):
+    path = workdir / "given.ckpt"
+    path.write_bytes(content) if isinstance(content, bytes) else torch.save(content, path)
+    for subcommand in ["fit", "test"]:
+        assert (
+            exit_line([subcommand, *FIT, "--ckpt_path=given.ckpt"])
+            == f"error: ckpt_path='given.ckpt': given.ckpt {message}"
+        )
+    assert not (workdir / "lightning_logs").exists()
+
+
 def test_an_unreadable_last_checkpoint_names_a_usable_one(finished_run):
     last = finished_run / "checkpoints/last.ckpt"
     last.write_bytes(last.read_bytes()[:100])
