@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor
 
-from batchsize_lit.errors import BadInput, Diverged
+from batchsize_lit.errors import BadInput, Diverged, did_you_mean
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.trainer_info import batch_size, global_batch_size, learning_rate, steps_per_epoch
 
@@ -107,6 +107,17 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.stopped_epoch:  # resumed from a run that had already stopped early: nothing left to train
             trainer.should_stop = True
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A misspelt monitor fails here, before the first epoch: the sanity check's validation logged a name that
+        is nearly the same. A name unlike them all may still be logged in training, so it is checked later."""
+        logged = trainer.callback_metrics
+        if self.strict and self.monitor not in logged:
+            close = did_you_mean(self.monitor, logged, cutoff=0.8)
+            if close:
+                names = ", ".join(sorted(logged))
+                key = f"early_stopping.monitor={self.monitor!r}"
+                raise BadInput(f"{key} is not logged (validation logs: {names}){close}")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:

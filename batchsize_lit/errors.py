@@ -110,9 +110,9 @@ def _plain_union(text: str) -> str:
     return f"{union.group(1)}={union.group(3)!r}: expected {expected}"
 
 
-def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
-    """``; did you mean X?`` for the closest known name, or nothing."""
-    close = difflib.get_close_matches(name, list(known), n=1)
+def did_you_mean(name: str, known: Iterable[str], prefix: str = "", cutoff: float = 0.6) -> str:
+    """``; did you mean X?`` for the closest known name at least ``cutoff`` alike (difflib's ratio), or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=cutoff)
     return f"; did you mean {prefix}{close[0]}?" if close else ""
 
 

@@ -134,6 +134,7 @@ def test_help_documents_every_data_and_model_key(capsys):
         (["--ckpt_path=last"], "ckpt_path='last': no last.ckpt under lightning_logs/b16"),
         (["--config=missing.yaml"], "missing.yaml"),
         (["--data.val_fraction=0"], "early_stopping.monitor='val_loss' is never logged (logged: train_loss_epoch)"),
+        (["--early_stopping.monitor=val_los"], "monitor='val_los' is not logged (validation logs: val_loss); did you"),
     ],
 )
 def test_bad_input_gives_one_clean_line(workdir, capsys, args, message):
@@ -171,6 +172,15 @@ def test_an_abbreviated_key_is_not_taken_for_the_full_one(workdir):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epoch=1"])
     assert str(exit_info.value.code).endswith("--trainer.max_epoch=1; did you mean --trainer.max_epochs?")
+
+
+def test_a_misspelt_monitor_fails_before_the_first_epoch_and_a_train_metric_runs(workdir, capsys):
+    args = ["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=2"]
+    with pytest.raises(SystemExit):
+        main([*args, "--early_stopping.monitor=val_los", "--trainer.enable_progress_bar=true"])
+    assert "epoch 1/" not in capsys.readouterr().out  # stopped after the sanity check, before training
+    main([*args, "--early_stopping.monitor=train_loss_epoch"])  # logged in training only: no sanity-check error
+    assert "best train_loss_epoch" in capsys.readouterr().out
 
 
 def test_malformed_yaml_fails_cleanly_in_a_subprocess(tmp_path):
