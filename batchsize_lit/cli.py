@@ -246,6 +246,9 @@ class BatchSizeCLI(LightningCLI):
             "ckpt_path": None if ckpt_path == "last" else ckpt_path,
             "version": logger.init_args.get("version") if hasattr(logger, "init_args") else None,
         }
+        if ckpt_path is None and self.subcommand in ("validate", "test", "predict") and rank_zero_only.rank == 0:
+            print(f"note: no --ckpt_path, so {self.subcommand} uses the model's initial weights; --ckpt_path best or "
+                  "last uses the newest run's checkpoints", file=sys.stderr)  # fmt: skip
         newest = ckpt_path == "last" or (ckpt_path == "best" and self.subcommand != "fit")
         if newest and not tensorboard:
             raise BadInput(f"ckpt_path={ckpt_path!r} means the TensorBoard logger's newest run; give a path")

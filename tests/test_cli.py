@@ -212,6 +212,12 @@ def test_a_run_s_config_yaml_reruns_it_in_a_new_folder(workdir):
     assert all(torch.equal(best[0][key], best[1][key]) for key in best[0])  # the same experiment, rerun
 
 
+def test_evaluating_without_a_checkpoint_says_which_weights_it_uses(tmp_path):
+    result = run_cli("test", "--config", str(CONFIGS / "b16.yaml"), *QUIET, cwd=tmp_path)
+    assert result.returncode == 0
+    assert "note: no --ckpt_path, so test uses the model's initial weights" in result.stderr
+
+
 def printed_val_loss(capsys) -> float:
     return float(re.search(r"val_loss[\s│|]+([\d.]+)", capsys.readouterr().out).group(1))  # plain or Rich table
 
