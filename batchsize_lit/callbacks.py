@@ -22,7 +22,7 @@ from torch import Tensor
 
 from batchsize_lit.errors import BadInput, Diverged, did_you_mean
 from batchsize_lit.problem import reference_facts, run_report
-from batchsize_lit.trainer_info import batch_size, global_batch_size, learning_rate, steps_per_epoch
+from batchsize_lit.trainer_info import batch_size, global_batch_size, learning_rate, plain_sgd, steps_per_epoch
 
 # The hooks Lightning calls on every callback at every training step or evaluation batch.
 PER_BATCH_HOOKS = (
@@ -424,7 +424,7 @@ class RunHistory(pl.Callback):
 
 class DivergenceCheck(pl.Callback):
     """Stops training with an explanation once the train loss is NaN or infinite, and warns before training when the
-    learning rate is at or above the problem's ``lr_max_stable`` reference fact."""
+    learning rate is at or above the problem's ``lr_max_stable`` reference fact (with plain SGD, which it is about)."""
 
     def __init__(self, every_n_steps: int | None = None) -> None:
         """
@@ -437,7 +437,8 @@ class DivergenceCheck(pl.Callback):
         self._loss: Tensor | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._limit = reference_facts(trainer.datamodule, pl_module).get("lr_max_stable")
+        limit = reference_facts(trainer.datamodule, pl_module).get("lr_max_stable")
+        self._limit = limit if plain_sgd(trainer) else None
         lr = learning_rate(trainer)
         if self._limit is not None and lr is not None and lr >= self._limit and trainer.is_global_zero:
             print(f"warning: lr {lr:.4g} is at or above this problem's stable limit lr_max_stable = "

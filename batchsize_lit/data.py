@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from batchsize_lit.problem import RunReport
-from batchsize_lit.trainer_info import learning_rate
+from batchsize_lit.trainer_info import learning_rate, plain_sgd
 
 
 class InMemoryDataset(Dataset):
@@ -241,11 +241,13 @@ class RegressionDataModule(pl.LightningDataModule):
         """The noise floor, and the stable learning-rate limit against the rate in use."""
         lr = learning_rate(self.trainer) if self.trainer is not None else None
         used = f" (lr used {lr:.4g})" if lr is not None else ""
+        if self.trainer is not None and self.trainer.optimizers and not plain_sgd(self.trainer):
+            used = " (the optimizer is not plain SGD)"
         return RunReport(
             {},
             [
                 f"noise floor noise_std² = {facts['noise_floor']:.5f}",
-                f"max stable lr 2/λ_max = {facts['lr_max_stable']:.3f}{used}",
+                f"max stable SGD lr 2/λ_max = {facts['lr_max_stable']:.3f}{used}",
             ],
         )
 

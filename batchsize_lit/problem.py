@@ -23,8 +23,8 @@ class ReferenceFacts(Protocol):
     itself reads a few names where they exist:
 
     - ``noise_floor``: the lowest loss any model can reach; the study plots draw it.
-    - ``lr_max_stable``: the largest stable learning rate; the fit warns before training when the optimizer's lr is
-      at or above it, and a diverged fit names it as the likely cause.
+    - ``lr_max_stable``: the largest stable learning rate of plain SGD (no momentum); with that optimizer, the fit
+      warns before training when its lr is at or above it, and a diverged fit names it as the likely cause.
     - ``<metric>_at_optimum``, e.g. ``val_loss_at_optimum``: the metric's value at the best possible fit;
       ``StepsToTarget`` sets its default target from it.
     """

@@ -4,6 +4,7 @@ import math
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
+import torch
 
 C = TypeVar("C")
 
@@ -49,6 +50,15 @@ def learning_rate(trainer: pl.Trainer, initial: bool = False) -> float | None:
         return None
     group = trainer.optimizers[0].param_groups[0]
     return float(group.get("initial_lr", group["lr"]) if initial else group["lr"])
+
+
+def plain_sgd(trainer: pl.Trainer) -> bool:
+    """Whether every optimizer is torch.optim.SGD without momentum: the optimizer a stability limit such as
+    ``lr_max_stable`` (2/λ_max of the loss's Hessian) is about."""
+    return bool(trainer.optimizers) and all(
+        type(optimizer) is torch.optim.SGD and all(not group.get("momentum") for group in optimizer.param_groups)
+        for optimizer in trainer.optimizers
+    )
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:

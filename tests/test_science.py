@@ -163,13 +163,20 @@ def test_two_batch_estimate_for_another_model_under_gradient_accumulation(tmp_pa
     assert noise.estimator.grad_norm_sq is not None and noise.last["b_simple"] > 0
 
 
+@pytest.mark.filterwarnings("ignore:`LinearRegressor.configure_optimizers` will be overridden")  # by --optimizer
 def test_summary_states_the_stable_lr_and_warns_above_it(workdir, capsys):
     main(["fit", "--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=1", "--model.lr=0.5"])
     out = capsys.readouterr()
-    assert "max stable lr 2/λ_max = 0.785" in out.out
+    assert "max stable SGD lr 2/λ_max = 0.785" in out.out
     assert "warning" not in out.err
     main(["fit", "--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=1", "--model.lr=0.9"])
     assert "warning: lr 0.9 is at or above this problem's stable limit lr_max_stable = 0.785" in capsys.readouterr().err
+    # The limit is plain SGD's: Adam at the same rate gets no warning, and the summary says why.
+    main(["fit", "--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=1", "--optimizer=Adam",
+          "--optimizer.lr=0.9"])  # fmt: skip
+    out = capsys.readouterr()
+    assert "max stable SGD lr 2/λ_max = 0.785 (the optimizer is not plain SGD)" in out.out
+    assert "warning: lr" not in out.err
 
 
 def test_critical_batch_study_reports_b_crit(workdir, capsys):
