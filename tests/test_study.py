@@ -63,6 +63,7 @@ def test_two_cell_study_end_to_end(workdir, capsys):
     assert run("--config", str(config)) == 0
     out = capsys.readouterr().out
     assert "[1/2] bs8" in out and "[2/2] bs64" in out and "ETA" in out
+    assert "lr_effective" not in out  # the same as lr in every cell: the printed table leaves it out
     folder = workdir / "lightning_logs" / "tiny"
     rows = read_csv(folder / "results.csv")
     assert [row["cell"] for row in rows] == ["bs8", "bs64"]
@@ -123,11 +124,15 @@ def test_divergent_cell_is_recorded_and_the_study_goes_on(workdir, capsys):
     assert int(rows[0]["epochs_run"]) < int(rows[1]["epochs_run"]) == 20
 
 
-def test_lr_scaling_shows_in_the_results(workdir):
+def test_lr_scaling_shows_in_the_results(workdir, capsys):
     base = {**BASE, "model": {"base_batch_size": 8, "lr": 0.05, "lr_scaling": "sqrt"}}
     assert run("--config", str(write_study(workdir, {"data.batch_size": [8, 32]}, base=base))) == 0
     rows = read_csv(workdir / "lightning_logs" / "tiny" / "results.csv")
     assert [float(row["lr_effective"]) for row in rows] == pytest.approx([0.05, 0.1])
+    table = capsys.readouterr().out.splitlines()
+    header = next(line for line in table if line.startswith("cell "))
+    assert header.split()[:5] == ["cell", "batch_size", "max_epochs", "lr", "lr_effective"]  # shown: it varies
+    assert next(line for line in table if line.startswith("bs32 ")).split()[3:5] == ["0.05", "0.1"]
 
 
 def test_jobs_give_the_same_results_as_a_serial_run(workdir):

@@ -38,7 +38,10 @@ COLUMNS = [
     "seconds",
     "status",
 ]
-SHOWN = "cell batch_size max_epochs lr seed epochs_run steps train_loss monitor_best test_loss weight bias status"
+SHOWN = (
+    "cell batch_size max_epochs lr lr_effective seed epochs_run steps train_loss monitor_best test_loss weight bias"
+    " status"
+)
 
 
 def columns_of(rows: list[dict[str, Any]], settings: list[str] = ()) -> list[str]:
@@ -67,6 +70,8 @@ def report(rows: list[dict[str, Any]], folder: Path, groups: dict[str, str], set
     write_csv(rows, folder / "results.csv", settings)
     monitor = next((row["monitor"] for row in rows if row.get("monitor")), None)
     shown = ["cell", *settings, *SHOWN.split()[1:]]
+    if all(row.get("lr_effective") in (None, row.get("lr")) for row in rows):  # shown only where lr_scaling acted
+        shown.remove("lr_effective")
     print(format_table(rows, [c for c in shown if any(row.get(c) is not None for row in rows)]))
     by_group: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
