@@ -212,6 +212,12 @@ def test_a_run_s_config_yaml_reruns_it_in_a_new_folder(workdir):
     assert all(torch.equal(best[0][key], best[1][key]) for key in best[0])  # the same experiment, rerun
 
 
+def test_without_a_logger_the_summary_says_where_the_checkpoints_are(workdir, capsys):
+    main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=1", "--trainer.logger=false"])
+    assert "  checkpoints: checkpoints (no logger, so no run folder)" in capsys.readouterr().out.splitlines()
+    assert (workdir / "checkpoints/last.ckpt").is_file() and not (workdir / "lightning_logs").exists()
+
+
 def test_evaluating_without_a_checkpoint_says_which_weights_it_uses(tmp_path):
     result = run_cli("test", "--config", str(CONFIGS / "b16.yaml"), *QUIET, cwd=tmp_path)
     assert result.returncode == 0
