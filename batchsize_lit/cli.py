@@ -429,9 +429,8 @@ class BatchSizeCLI(LightningCLI):
             lines.append(f"  run folder: {self.log_dir}")
             lines.append(f"  tensorboard --logdir {Path(self.log_dir).parent}")
         elif trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:  # no logger: no run
-            lines.append(
-                f"  checkpoints: {os.path.relpath(trainer.checkpoint_callback.dirpath)} (no logger, no run folder)"
-            )
+            folder = os.path.relpath(trainer.checkpoint_callback.dirpath)
+            lines.append(f"  checkpoints: {folder} (no logger, so no run folder)")
         return "\n".join(lines)
 
 
