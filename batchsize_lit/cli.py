@@ -257,7 +257,9 @@ class BatchSizeCLI(LightningCLI):
             config.ckpt_path = self._resume_in_place(logger, weights_only)
         elif newest:  # a new process has no last or best checkpoint of its own: those of the newest run
             config.ckpt_path = ckpt_path = self._newest_run_checkpoint(logger, ckpt_path, weights_only)
-        if ckpt_path and self.subcommand != "fit" and tensorboard and _is_run_checkpoint(ckpt_path):
+        if self.subcommand == "predict":  # it logs nothing: no empty event file in a run folder, no new folder
+            config.trainer.logger = False
+        elif ckpt_path and self.subcommand != "fit" and tensorboard and _is_run_checkpoint(ckpt_path):
             run = Path(os.path.relpath(ckpt_path)).parent.parent  # evaluate into the run the checkpoint came from
             logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
             logger.init_args.version = run.name

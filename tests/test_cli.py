@@ -242,6 +242,11 @@ def test_evaluating_best_and_last_uses_the_newest_run_s_checkpoints(workdir, cap
     main(["validate", *args, "--ckpt_path=last"])
     assert printed_val_loss(capsys) == pytest.approx(scalars(run)["by_epoch/val_loss"][-1][1], rel=1e-6)
     assert [p.name for p in run.parent.iterdir()] == ["version_0"]  # evaluated into the run, no new folder
+    before = sorted(p.name for p in run.rglob("*"))
+    main(["predict", *args, "--ckpt_path=last"])
+    assert "100 predictions: " in capsys.readouterr().out
+    assert sorted(p.name for p in run.rglob("*")) == before  # predict logs nothing: no new event file
+    assert [p.name for p in run.parent.iterdir()] == ["version_0"]
     with pytest.raises(SystemExit) as exit_info:  # no TensorBoard logger: no newest run to name
         main(["test", *args, "--trainer.logger=false", "--ckpt_path=best"])
     assert exit_info.value.code == "error: ckpt_path='best' means the TensorBoard logger's newest run; give a path"
