@@ -213,6 +213,7 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
             self.on_train_batch_end = None  # no saves between epochs: a hook that is None is skipped (skip_idle_hooks)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._fitting = stage == "fit"
         with warnings.catch_warnings():
             if self.dirpath is None:  # the run's own folder: not empty only when --ckpt_path last resumes it there
                 warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
@@ -223,6 +224,12 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
         if self.last_every_epoch and self.dirpath and not trainer.fast_dev_run and not trainer.sanity_checking:
             self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
             trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Which checkpoints were best and last matters to a resumed fit only; evaluating a checkpoint read from
+        # another folder would otherwise warn that the folder changed.
+        if getattr(self, "_fitting", True):
+            super().load_state_dict(state_dict)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint["rng_states"] = rng_states()

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -216,6 +217,16 @@ def test_without_a_logger_the_summary_says_where_the_checkpoints_are(workdir, ca
     main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=1", "--trainer.logger=false"])
     assert "  checkpoints: checkpoints (no logger, so no run folder)" in capsys.readouterr().out.splitlines()
     assert (workdir / "checkpoints/last.ckpt").is_file() and not (workdir / "lightning_logs").exists()
+
+
+def test_evaluating_a_checkpoint_copied_elsewhere_warns_nothing(workdir, capsys, recwarn):
+    args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=2"]
+    main(["fit", *args])
+    shutil.copy(workdir / "lightning_logs/b16/version_0/checkpoints/last.ckpt", workdir / "copy.ckpt")
+    recwarn.clear()
+    for subcommand in ["validate", "test", "predict"]:
+        main([subcommand, *args, "--ckpt_path=copy.ckpt"])
+    assert [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)] == []  # "The dirpath has changed"
 
 
 def test_evaluating_without_a_checkpoint_says_which_weights_it_uses(tmp_path):
