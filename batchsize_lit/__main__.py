@@ -7,11 +7,13 @@ import sys
 # them is wasted time: none while they are imported, and then they are frozen, out of every later collection,
 # the one at exit included (together about 1.5 s of each command on a 2-core machine).
 gc.disable()
-from batchsize_lit.cli import BatchSizeCLI  # noqa: E402
-from batchsize_lit.data import RegressionDataModule  # noqa: E402
-from batchsize_lit.errors import run_or_exit  # noqa: E402
-from batchsize_lit.model import LinearRegressor  # noqa: E402
-
+try:
+    from batchsize_lit.cli import BatchSizeCLI
+    from batchsize_lit.data import RegressionDataModule
+    from batchsize_lit.errors import run_or_exit
+    from batchsize_lit.model import LinearRegressor
+except KeyboardInterrupt:  # Ctrl-C while Lightning is imported: nothing has started
+    sys.exit(130)
 gc.freeze()
 gc.enable()
 

@@ -206,6 +206,7 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
             **kwargs: The other arguments of lightning.pytorch.callbacks.ModelCheckpoint.
         """
         self.last_every_epoch = save_last is True
+        self.report_interrupt = True  # a study reports an interrupted cell its own way
         super().__init__(
             monitor=monitor, filename=filename, save_last=None if save_last is True else save_last, **kwargs
         )
@@ -243,7 +244,7 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
-        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero and self.report_interrupt:
             finished = trainer.current_epoch  # last.ckpt is written at the end of every epoch
             if self.last_model_path and finished:
                 where = f"{self.last_model_path} holds the end of epoch {finished}; resume with --ckpt_path last"

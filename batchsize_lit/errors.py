@@ -48,6 +48,11 @@ def run_or_exit(command: Callable[[], int | None]) -> None:
             raise
         prefix = "training diverged: " if isinstance(error, Diverged) else ""
         sys.exit(f"error: {prefix}{one_line(error)}")
+    except KeyboardInterrupt as interrupt:  # Ctrl-C where no fit handles it: parsing, or a study across its cells
+        if debug:
+            raise
+        print(f"interrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
+        sys.exit(130)
     if status:
         sys.exit(status)
 

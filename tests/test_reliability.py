@@ -102,3 +102,43 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert hp["batch_size"] == 16 and hp["global_batch_size"] == 32
     assert "Fit finished" in result.stdout and result.stdout.count("Fit finished") == 1  # rank 0 alone reports
     assert "warn" not in result.stderr.lower() and ".py:" not in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_stops_a_study_and_a_rerun_finishes_it(tmp_path, jobs):
+    from helpers import write_study
+
+    base = {"trainer": {"accelerator": "cpu", "max_epochs": 30}, "data": {"n_samples": 4000}}
+    base["early_stopping"] = {"patience": None}
+    config = write_study(tmp_path, {"data.batch_size": [256, 128, 64, 32, 16, 8]}, base=base)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchsize_lit", "study", "--config", str(config), "--jobs", jobs],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, which a terminal's Ctrl-C signals as a whole
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's background job ignores it
+    )
+    first = process.stdout.readline()  # the first finished cell
+    assert first.startswith("[1/6] "), first
+    os.killpg(process.pid, signal.SIGINT)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - started < 20  # it stops, it does not run the queued cells
+    assert process.returncode == 130
+    assert stderr.splitlines()[-1].startswith("interrupted: ") and "run the same command again" in stderr
+    assert "Traceback" not in stderr and "resume with --ckpt_path" not in stderr
+    folder = tmp_path / "lightning_logs/tiny"
+    finished = sorted(p.parent.name for p in folder.glob("*/result.json"))
+    assert 1 <= len(finished) < 6 and not (folder / "results.csv").exists()
+    time.sleep(2)
+    assert sorted(p.parent.name for p in folder.glob("*/result.json")) == finished  # no worker went on
+
+    again = run_cli("study", "--config", str(config), "--jobs", jobs, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(finished)} cell(s) already done" in again.stdout
+    assert len(list(folder.glob("*/result.json"))) == 6 and (folder / "results.csv").is_file()

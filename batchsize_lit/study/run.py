@@ -6,6 +6,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -17,11 +18,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from batchsize_lit.callbacks import RunHistory
+from batchsize_lit.callbacks import ModelCheckpoint, RunHistory
 from batchsize_lit.cli import BatchSizeCLI
 from batchsize_lit.errors import USER_ERRORS, Diverged, WorkerDied, one_line
 from batchsize_lit.problem import reference_facts, run_report
@@ -62,6 +63,12 @@ class CellCLI(BatchSizeCLI):
             CellCLI.shared[key] = (self.parser, self.parsers)
         self.parser, self.parsers = CellCLI.shared[key]
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if isinstance(trainer.checkpoint_callback, ModelCheckpoint):  # the study says how to go on after Ctrl-C
+            trainer.checkpoint_callback.report_interrupt = False
+        return trainer
+
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         key = (*self.default_classes.values(), *args)
         if key not in CellCLI.parsed:
@@ -84,13 +91,35 @@ def check_cells(cell_args: dict[str, list[str]], defaults: Defaults) -> None:
 def run_cells(
     cell_args: dict[str, list[str]], folder: Path, jobs: int, defaults: Defaults, on_row: Callable[[dict], None]
 ) -> None:
-    """Run the cells, serially or in ``jobs`` worker processes, calling on_row with each result as it comes."""
+    """Run the cells, serially or in ``jobs`` worker processes, calling on_row with each result as it comes.
+
+    Ctrl-C stops the study: a serial cell stops as a fit does, worker processes (which ignore Ctrl-C themselves)
+    are ended, and the finished cells are kept; the unfinished ones rerun from scratch next time.
+    """
     for cell in cell_args:  # an unfinished folder from an interrupted run, or one to redo
         shutil.rmtree(folder / cell, ignore_errors=True)
-    if jobs == 1:
-        for cell, args in cell_args.items():
-            on_row(run_cell(cell, args, folder, defaults)["row"])
-        return
+    done = 0
+
+    def finished(row: dict[str, Any]) -> None:
+        nonlocal done
+        done += 1
+        on_row(row)
+
+    try:
+        if jobs == 1:
+            for cell, args in cell_args.items():
+                finished(run_cell(cell, args, folder, defaults)["row"])
+        else:
+            _run_in_workers(cell_args, folder, jobs, defaults, finished)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"{done} of {len(cell_args)} cells finished, kept in {folder}; run the same command again to run the others"
+        ) from None
+
+
+def _run_in_workers(
+    cell_args: dict[str, list[str]], folder: Path, jobs: int, defaults: Defaults, on_row: Callable[[dict], None]
+) -> None:
     gpus = gpu_count()
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker, initargs=(gpus,)) as pool:
@@ -103,6 +132,12 @@ def run_cells(
                 f"a worker process died (killed, out of memory, or failed to start: see above); the finished cells are "
                 f"kept in {folder}: run the same command again to run the others"
             ) from None
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in multiprocessing.active_children():  # the pool's processes, mid-cell
+                worker.kill()
+                worker.join()
+            raise
 
 
 def default_jobs() -> int:
@@ -123,6 +158,7 @@ def _init_worker(gpus: int) -> None:
     import torch
 
     gc.freeze()  # what the worker imported lives as long as it does: out of every collection, as in __main__
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the study's own process, which ends the workers
     torch.set_num_threads(1)
     if gpus > 1:  # pin each worker to its own GPU
         worker = multiprocessing.current_process()._identity[0] - 1
@@ -147,6 +183,10 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
             cli.trainer.loggers = loggers
     except Diverged:
         status = "diverged"
+    except SystemExit:
+        if cli.trainer.interrupted:  # Ctrl-C: Lightning stopped the fit gracefully and exits; so does the study
+            raise KeyboardInterrupt from None
+        raise
     except Exception as error:  # one broken cell must not end a long study; it is reported as failed
         status = "failed"
         (folder / cell).mkdir(parents=True, exist_ok=True)
