@@ -22,6 +22,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
@@ -137,12 +138,16 @@ class BatchSizeCLI(LightningCLI):
         try:
             super().__init__(args=args, run=run, **kwargs)
         except BAD_INPUT as error:
+            # Bad input: what parsing, the classes' __init__ checks and the template's own checks reject; anything
+            # else that a running fit, validate, test or predict raises is a fault, a ValueError in a model's
+            # training_step included, and keeps its traceback.
             trainer = getattr(self, "trainer", None)
-            if isinstance(error, BadInput) or trainer is None or trainer.global_step == 0:
-                self.remove_new_run()  # nothing trained: the input was bad
+            running = trainer is not None and trainer.state.status != TrainerStatus.INITIALIZING
+            if not running or isinstance(error, BadInput | ArgumentError | MisconfigurationException):
+                self.remove_new_run()
                 raise
             folder = f"; the run folder {self.log_dir} is kept" if self.log_dir else ""
-            raise RuntimeError(f"fit failed at step {trainer.global_step}{folder}") from error  # a fault: traceback
+            raise RuntimeError(f"{self.subcommand} failed at step {trainer.global_step}{folder}") from error
         finally:
             self._notices.release(emit=False)  # if they were not printed yet, nothing was built
 
@@ -352,6 +357,7 @@ class BatchSizeCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
+        self._check_shared_hparams()
         self._started = time.perf_counter()
         self.log_dir = self.trainer.log_dir if self.trainer.loggers else None  # every DDP rank asks, here
         if self.log_dir and rank_zero_only.rank == 0:  # a resumed run rewrites its own config.yaml
@@ -383,22 +389,42 @@ class BatchSizeCLI(LightningCLI):
 
     def before_validate(self) -> None:
         self._require_data("val")
+        self._check_shared_hparams()
 
     def before_test(self) -> None:
         self._require_data("test")
+        self._check_shared_hparams()
+
+    def before_predict(self) -> None:
+        self._require_data("predict")
 
     def _require_data(self, stage: str) -> None:
         """A clear error where neither the data module nor the model gives this stage any data."""
         parts = [part for part in (self.datamodule, self.model) if part is not None]
         if not any(is_overridden(f"{stage}_dataloader", part) for part in parts):
             name = type(self.datamodule or self.model).__name__
-            raise BadInput(f"{self.subcommand}: {name} gives no {stage} data (is its {stage} split empty?)")
+            raise BadInput(f"{self.subcommand}: {name} gives no {stage} data: no {stage}_dataloader, or an empty split")
+
+    def _check_shared_hparams(self) -> None:
+        """Lightning logs the model's and the data's hyperparameters together, and fails on a name they share with
+        two values, after the run folder is made; here that is one line before anything runs."""
+        if not self.trainer.loggers or self.datamodule is None or self.model is None:
+            return
+        if not (getattr(self.model, "_log_hyperparams", True) and getattr(self.datamodule, "_log_hyperparams", True)):
+            return  # save_hyperparameters(logger=False): Lightning does not merge them
+        model, data = self.model.hparams_initial, getattr(self.datamodule, "hparams_initial", {})
+        shared = [key for key in model if key in data and key != "_class_path"]  # LightningCLI's own: skipped
+        clash = [key for key in shared if _differ(model[key], data[key])]
+        if clash:
+            pairs = ", ".join(f"model.{key}={model[key]!r} and data.{key}={data[key]!r}" for key in clash)
+            raise BadInput(f"{pairs}: the model's and the data's hyperparameters are logged together, so a name they "
+                           "share needs one value")  # fmt: skip
 
     def after_predict(self) -> None:
         predictions = self.trainer.predict_loop.predictions
         if predictions and rank_zero_only.rank == 0 and all(isinstance(p, torch.Tensor) for p in predictions):
             values = torch.cat([torch.as_tensor(p).flatten() for p in predictions])
-            head = ", ".join(f"{v:.4f}" for v in values[:5].tolist())
+            head = ", ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in values[:5].tolist())  # class ids
             print(f"{len(values)} predictions: {head}{', ...' if len(values) > 5 else ''}")
 
     def summary(self, seconds: float) -> str:
@@ -502,6 +528,14 @@ def class_path_of(cls: type) -> str:
 def _init_defaults(cls: type) -> dict[str, Any]:
     parameters = inspect.signature(cls.__init__).parameters.values()
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def _differ(a: Any, b: Any) -> bool:
+    """Whether Lightning counts two values of one hyperparameter name as different: another type, another tensor
+    object, or unequal."""
+    if type(a) is not type(b):
+        return True
+    return a is not b if isinstance(a, torch.Tensor) else bool(a != b)
 
 
 def check_checkpoint(path: str, key: str | None = None, weights_only: bool = True) -> None:

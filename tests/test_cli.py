@@ -407,7 +407,7 @@ def test_evaluating_an_empty_split_is_one_clean_line(workdir):
     ckpt = workdir / "lightning_logs/b16/version_0/checkpoints/last.ckpt"
     with pytest.raises(SystemExit) as exit_info:
         main(["test", *args, "--data.test_fraction=0", f"--ckpt_path={ckpt}"])
-    expected = "error: test: RegressionDataModule gives no test data (is its test split empty?)"
+    expected = "error: test: RegressionDataModule gives no test data: no test_dataloader, or an empty split"
     assert str(exit_info.value.code) == expected
 
 

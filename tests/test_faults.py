@@ -199,15 +199,29 @@ def test_a_hard_killed_study_resumes_to_a_clean_runs_results(tmp_path):
     assert rows_without_time(folder / "results.csv") == rows_without_time(clean / "lightning_logs/killed/results.csv")
 
 
-def test_an_error_in_model_code_during_training_keeps_the_run_and_its_traceback(tmp_path):
-    """A ValueError raised by the model's own code after training began is a fault, not bad input."""
+@pytest.mark.parametrize("step", [0, 5])
+def test_an_error_in_model_code_during_training_keeps_the_run_and_its_traceback(tmp_path, step):
+    """A ValueError raised by the model's own code once training runs is a fault, not bad input: at its first step
+    (a shape bug) as later."""
     args = ["fit", *FIT, "--model=fork.broken.FlakyRegressor", "--model.hidden=13", "--early_stopping.monitor=val/loss"]
-    args += ["--model.init_args.fail_at_step=5"]
+    args += [f"--model.init_args.fail_at_step={step}"]
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode != 0
-    assert "Traceback" in result.stderr and "ValueError: a bug at step 5" in result.stderr
-    assert "fit failed at step 5; the run folder lightning_logs/b128/version_0 is kept" in result.stderr
+    assert "Traceback" in result.stderr and f"ValueError: a bug at step {step}" in result.stderr
+    assert f"fit failed at step {step}; the run folder lightning_logs/b128/version_0 is kept" in result.stderr
     assert (tmp_path / "lightning_logs/b128/version_0/config.yaml").is_file()
+
+
+def test_a_hyperparameter_the_model_and_data_share_with_two_values_is_one_line(workdir):
+    args = ["fit", "--model=fork.regression.SineRegressor", "--data=fork.regression.SineData", *QUIET]
+    args += ["--early_stopping.monitor=val/loss", "--data.init_args.noise=0.2"]
+    line = exit_line([*args, "--model=fork.broken.NoisyRegressor", "--model.init_args.noise=0.1"])
+    assert line == (
+        "error: model.noise=0.1 and data.noise=0.2: the model's and the data's hyperparameters are logged together,"
+        " so a name they share needs one value"
+    )
+    assert not (workdir / "lightning_logs").exists()
+    main([*args, "--model=fork.broken.NoisyRegressor", "--model.init_args.noise=0.2", "--trainer.max_epochs=1"])
 
 
 def test_a_loss_module_attribute_is_not_the_loss_method():

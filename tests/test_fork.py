@@ -85,6 +85,17 @@ def test_validate_a_fork_checkpoint(workdir, capsys):
     assert "val/loss" in capsys.readouterr().out
 
 
+def test_predict_a_fork_prints_class_ids_and_without_a_loader_is_one_line(workdir, capsys):
+    assert exit_code(["fit", *CLASSIFIER, "--trainer.max_epochs=1"]) == 0
+    ckpt = str(workdir / "lightning_logs/default/version_0/checkpoints/last.ckpt")
+    line = exit_code(["predict", *CLASSIFIER, f"--ckpt_path={ckpt}"])
+    assert line == "error: predict: Blobs gives no predict data: no predict_dataloader, or an empty split"
+    capsys.readouterr()
+    assert exit_code(["predict", *CLASSIFIER, "--data=fork.classification.BlobsToPredict", f"--ckpt_path={ckpt}"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.startswith("200 predictions: ") and set(printed[17:].rstrip(", .").split(", ")) <= {"0", "1"}
+
+
 def test_mode_max_monitor_is_followed_everywhere(workdir, capsys):
     assert exit_code(["fit", *CLASSIFIER]) == 0
     out = capsys.readouterr().out

@@ -30,6 +30,20 @@ class FlakyRegressor(SineRegressor):
         return super().training_step(batch, batch_idx)
 
 
+class NoisyRegressor(SineRegressor):
+    """SineRegressor with a hyperparameter named as one of SineData's."""
+
+    def __init__(self, hidden: int = 16, lr: float = 0.01, noise: float = 0.1) -> None:
+        """
+        Args:
+            hidden: Width of the hidden layer.
+            lr: Adam learning rate.
+            noise: The noise level it is told the data has.
+        """
+        super().__init__(hidden, lr)
+        self.save_hyperparameters()
+
+
 class DyingRegressor(SineRegressor):
     """SineRegressor whose process is killed (SIGKILL, as by the out-of-memory killer) in training when hidden is
     13."""

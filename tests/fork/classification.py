@@ -54,5 +54,15 @@ class BlobClassifier(pl.LightningModule):
         x, y = batch
         self.log("val/acc", (self.linear(x).argmax(1) == y).float().mean())
 
+    def predict_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        return self.linear(batch[0]).argmax(1)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class BlobsToPredict(Blobs):
+    """Blobs that also serves its validation half to predict."""
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size)
