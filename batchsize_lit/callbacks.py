@@ -1,5 +1,6 @@
 """EarlyStopping that restores the best weights, a last.ckpt kept current, the run history and the divergence stop."""
 
+import math
 import os
 import random
 import sys
@@ -310,6 +311,8 @@ class RunHistory(pl.Callback):
         self._count_samples = True
         self._facts: dict[str, float] = {}
         self._epoch_loss_monitored = False
+        self._model_logs_epoch_loss: bool | None = None
+        self._last_step = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "samples": self.samples}
@@ -319,13 +322,16 @@ class RunHistory(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.log_every_epoch:
-            steps = steps_per_epoch(trainer, pl_module)
+            batches = steps_per_epoch(trainer, pl_module)
+            steps = None if batches is None else math.ceil(batches / trainer.accumulate_grad_batches)  # optimizer steps
             if steps is not None and 0 < steps < trainer.log_every_n_steps:
                 trainer.log_every_n_steps = steps
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._facts = reference_facts(trainer.datamodule, pl_module)
         self._epoch_loss_monitored = any(getattr(c, "monitor", None) == "train_loss_epoch" for c in trainer.callbacks)
+        self._model_logs_epoch_loss = None
+        self._last_step = trainer.global_step
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._loss_sum, self._batches, self._value = None, 0, None
@@ -354,9 +360,12 @@ class RunHistory(pl.Callback):
         self._batches += 1
         if self._logs_train_loss is None:  # a model that logs its own train_loss keeps it
             self._logs_train_loss = not any(key.startswith("train_loss") for key in trainer.callback_metrics)
-        if self._logs_train_loss and trainer.log_every_n_steps and trainer.global_step % trainer.log_every_n_steps == 0:
+        stepped = trainer.global_step != self._last_step  # not while batches accumulate towards one optimizer step
+        self._last_step = step = trainer.global_step
+        every = trainer.log_every_n_steps
+        if self._logs_train_loss and stepped and every and step % every == 0:
             for logger in trainer.loggers:
-                logger.log_metrics({"train_loss_step": float(loss)}, step=trainer.global_step)
+                logger.log_metrics({"train_loss_step": float(loss)}, step=step)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -372,8 +381,12 @@ class RunHistory(pl.Callback):
         if self._loss_sum is not None:  # None when training_step returns no loss (manual optimization)
             mean = trainer.strategy.reduce(self._loss_sum / self._batches, reduce_op="mean")  # over DDP ranks
             row["train_loss"] = float(mean)
-            if self._logs_train_loss and self._epoch_loss_monitored:
-                pl_module.log("train_loss_epoch", mean, sync_dist=True)  # already reduced; without it Lightning warns
+            if self._model_logs_epoch_loss is None:  # decided at the first epoch's end, before this logs it
+                self._model_logs_epoch_loss = "train_loss_epoch" in trainer.callback_metrics
+            if self._epoch_loss_monitored and not self._model_logs_epoch_loss:
+                # A callback monitors it and the model does not log it under that name (even if it logs a train_loss
+                # of its own): logged for the callbacks. Already reduced; without sync_dist Lightning warns.
+                pl_module.log("train_loss_epoch", mean, sync_dist=True)
             elif self._logs_train_loss:  # nothing monitors it: straight to the loggers, a fraction of a self.log call
                 self._log(trainer, {"train_loss_epoch": row["train_loss"]})
             self._write(trainer, "train_loss", row["train_loss"], epoch)
@@ -443,10 +456,12 @@ class DivergenceCheck(pl.Callback):
         self.every_n_steps = every_n_steps
         self._limit: float | None = None
         self._loss: Tensor | None = None
+        self._last_step = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         limit = reference_facts(trainer.datamodule, pl_module).get("lr_max_stable")
         self._limit = limit if plain_sgd(trainer) else None
+        self._last_step = trainer.global_step
         lr = learning_rate(trainer)
         if self._limit is not None and lr is not None and lr >= self._limit and trainer.is_global_zero:
             print(f"warning: lr {lr:.4g} is at or above this problem's stable limit lr_max_stable = "
@@ -457,8 +472,10 @@ class DivergenceCheck(pl.Callback):
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         self._loss = loss.detach() if isinstance(loss, Tensor) else None
+        stepped = trainer.global_step != self._last_step  # not while batches accumulate towards one optimizer step
+        self._last_step = trainer.global_step
         every = self.every_n_steps or trainer.log_every_n_steps or 1
-        if self._loss is not None and trainer.global_step % every == 0:
+        if self._loss is not None and stepped and trainer.global_step % every == 0:
             self._check(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -471,7 +488,7 @@ class DivergenceCheck(pl.Callback):
             return
         lr = learning_rate(trainer)
         if lr is None or self._limit is None:
-            cause = "the learning rate is likely too high; lower it"
+            cause = "a learning rate too high; lower it"
         elif lr >= self._limit:
             cause = f"lr {lr:.4g} is above this problem's stability limit lr_max_stable = {self._limit:.4g}; lower it"
         else:

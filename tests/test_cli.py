@@ -213,6 +213,13 @@ def test_a_run_s_config_yaml_reruns_it_in_a_new_folder(workdir):
     assert all(torch.equal(best[0][key], best[1][key]) for key in best[0])  # the same experiment, rerun
 
 
+def test_gradient_accumulation_still_logs_every_epoch(workdir):
+    args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=3"]
+    main(["fit", *args, "--trainer.accumulate_grad_batches=4", "--early_stopping.patience=null"])
+    steps = [step for step, _ in scalars(workdir / "lightning_logs/b16/version_0")["train_loss_step"]]
+    assert steps == [13, 26, 39]  # 50 batches, 13 optimizer steps an epoch: log_every_n_steps lowered to 13
+
+
 def test_without_a_logger_the_summary_says_where_the_checkpoints_are(workdir, capsys):
     main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=1", "--trainer.logger=false"])
     assert "  checkpoints: checkpoints (no logger, so no run folder)" in capsys.readouterr().out.splitlines()

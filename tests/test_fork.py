@@ -85,6 +85,14 @@ def test_validate_a_fork_checkpoint(workdir, capsys):
     assert "val/loss" in capsys.readouterr().out
 
 
+def test_a_fork_logging_its_own_step_train_loss_can_monitor_train_loss_epoch(workdir, capsys):
+    args = [*FORK, "--model=fork.regression.StepLossRegressor", "--early_stopping.monitor=train_loss_epoch"]
+    assert exit_code(["fit", *args, "--checkpoint.monitor=train_loss_epoch"]) == 0
+    assert "best train_loss_epoch " in capsys.readouterr().out
+    epochs = scalars(workdir / "lightning_logs/default/version_0")["train_loss_epoch"]
+    assert len(epochs) == 4  # one value an epoch, from the run history, beside the model's own train_loss
+
+
 def test_predict_a_fork_prints_class_ids_and_without_a_loader_is_one_line(workdir, capsys):
     assert exit_code(["fit", *CLASSIFIER, "--trainer.max_epochs=1"]) == 0
     ckpt = str(workdir / "lightning_logs/default/version_0/checkpoints/last.ckpt")
