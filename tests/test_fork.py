@@ -169,6 +169,34 @@ def test_a_cell_that_raises_is_recorded_and_the_study_goes_on(workdir, capsys):
     # model.hidden is a grid key with no documented column: it gets its own, after the cell, in the csv and table
     assert list(rows[0])[:2] == ["cell", "model.hidden"] and [row["model.hidden"] for row in rows] == ["13", "8"]
     assert "cell       model.hidden  batch_size" in out
+    # Run again, as after fixing the bug: the failed cell reruns, the finished one is kept.
+    assert exit_code(["study", "--config", config]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "1 cell(s) already done" in out
+        and "1 cell(s) rerun, failed or run with another config before: hidden-13" in out
+    )
+
+
+def test_a_study_rerun_with_a_changed_config_reruns_its_cells(workdir, capsys):
+    grid = {"model.hidden": [4, 8]}
+    assert exit_code(["study", "--config", write_study(workdir, FORK_BASE, grid)]) == 0
+    base = {**FORK_BASE, "trainer": {"accelerator": "cpu", "max_epochs": 2}}
+    capsys.readouterr()
+    assert exit_code(["study", "--config", write_study(workdir, base, grid)]) == 0
+    assert "2 cell(s) rerun, failed or run with another config before: hidden-4, hidden-8" in capsys.readouterr().out
+    rows = read_rows(workdir / "lightning_logs/forkstudy/results.csv")
+    assert [row["max_epochs"] for row in rows] == ["2", "2"]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_study_whose_config_every_cell_would_fail_on_stops_at_the_first(workdir, capsys, jobs):
+    base = {**FORK_BASE, "early_stopping": {"monitor": "val_loss"}, "checkpoint": {"monitor": "val_loss"}}
+    code = exit_code(
+        ["study", "--config", write_study(workdir, base, {"model.hidden": [4, 8, 12, 16]}), "--jobs", jobs]
+    )
+    assert str(code).startswith("error: cell hidden-") and "early_stopping.monitor='val_loss' is not logged" in code
+    assert not list((workdir / "lightning_logs/forkstudy").glob("*/result.json"))  # no cell recorded, none went on
 
 
 @pytest.mark.slow

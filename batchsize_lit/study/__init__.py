@@ -11,7 +11,15 @@ from batchsize_lit.cli import config_stem
 from batchsize_lit.errors import config_file_problem, config_with_keys, did_you_mean
 from batchsize_lit.study.grid import SHORT_NAMES, cell_name, expand, fit_args, group_name
 from batchsize_lit.study.report import report
-from batchsize_lit.study.run import Defaults, check_cells, default_jobs, quiet_lightning, read_result, run_cells
+from batchsize_lit.study.run import (
+    Defaults,
+    check_cells,
+    default_jobs,
+    finished,
+    quiet_lightning,
+    read_result,
+    run_cells,
+)
 
 
 def run_study(
@@ -63,10 +71,13 @@ def run_study(
         if executor == "ray":
             require_ray()
         selected = [names[trial_index]] if trial_index is not None else names
-        todo = selected if redo else [cell for cell in selected if not (folder / cell / "result.json").is_file()]
+        todo = selected if redo else [cell for cell in selected if not finished(folder / cell, cell_args[cell])]
         check_cells({cell: cell_args[cell] for cell in todo}, defaults)
         if len(todo) < len(selected):
             print(f"{len(selected) - len(todo)} cell(s) already done in {folder} (redo=true reruns them)")
+        again = [cell for cell in todo if not redo and (folder / cell / "result.json").is_file()]
+        if again:  # a result that failed, or that another config made
+            print(f"{len(again)} cell(s) rerun, failed or run with another config before: {', '.join(again)}")
         if todo and executor == "ray":
             from batchsize_lit.study.ray_executor import run_cells_on_ray
 

@@ -1,6 +1,7 @@
 """Running a study's cells: each a fit parsed by the same LightningCLI, serially or in worker processes."""
 
 import copy
+import gc
 import json
 import logging
 import multiprocessing
@@ -17,14 +18,16 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from batchsize_lit.callbacks import ModelCheckpoint, RunHistory
 from batchsize_lit.cli import BatchSizeCLI
-from batchsize_lit.errors import USER_ERRORS, Diverged, WorkerDied, one_line
+from batchsize_lit.errors import USER_ERRORS, BadInput, Diverged, WorkerDied, one_line
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.trainer_info import batch_size, find_callback, global_batch_size, learning_rate, scalar_metrics
@@ -100,17 +103,22 @@ def run_cells(
         shutil.rmtree(folder / cell, ignore_errors=True)
     done = 0
 
-    def finished(row: dict[str, Any]) -> None:
+    def record(row: dict[str, Any]) -> None:
         nonlocal done
         done += 1
         on_row(row)
 
     try:
         if jobs == 1:
-            for cell, args in cell_args.items():
-                finished(run_cell(cell, args, folder, defaults)["row"])
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # as in the workers: the same sums in the same order, whatever --jobs
+            try:
+                for cell, args in cell_args.items():
+                    record(run_cell(cell, args, folder, defaults)["row"])
+            finally:
+                torch.set_num_threads(threads)
         else:
-            _run_in_workers(cell_args, folder, jobs, defaults, finished)
+            _run_in_workers(cell_args, folder, jobs, defaults, record)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             f"{done} of {len(cell_args)} cells finished, kept in {folder}; run the same command again to run the others"
@@ -127,16 +135,16 @@ def _run_in_workers(
         try:
             for future in as_completed(futures):  # each row as its cell finishes, whatever the grid order
                 on_row(future.result()["row"])
-        except BrokenProcessPool:
-            raise WorkerDied(
-                f"a worker process died (killed, out of memory, or failed to start: see above); the finished cells are "
-                f"kept in {folder}: run the same command again to run the others"
-            ) from None
-        except KeyboardInterrupt:
+        except BaseException as error:  # Ctrl-C, a dead worker, bad input: no cell runs after it
             pool.shutdown(wait=False, cancel_futures=True)
             for worker in multiprocessing.active_children():  # the pool's processes, mid-cell
                 worker.kill()
                 worker.join()
+            if isinstance(error, BrokenProcessPool):
+                raise WorkerDied(
+                    "a worker process died (killed, out of memory, or failed to start: see above); the finished cells"
+                    f" are kept in {folder}: run the same command again to run the others"
+                ) from None
             raise
 
 
@@ -147,16 +155,10 @@ def default_jobs() -> int:
 
 
 def gpu_count() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _init_worker(gpus: int) -> None:
-    import gc
-
-    import torch
-
     gc.freeze()  # what the worker imported lives as long as it does: out of every collection, as in __main__
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the study's own process, which ends the workers
     torch.set_num_threads(1)
@@ -187,6 +189,8 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
         if cli.trainer.interrupted:  # Ctrl-C: Lightning stopped the fit gracefully and exits; so does the study
             raise KeyboardInterrupt from None
         raise
+    except (BadInput, MisconfigurationException) as error:  # the config, not the cell: every cell would fail so
+        raise ValueError(f"cell {cell}: {one_line(error)}") from None
     except Exception as error:  # one broken cell must not end a long study; it is reported as failed
         status = "failed"
         (folder / cell).mkdir(parents=True, exist_ok=True)
@@ -194,7 +198,7 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
         print(f"cell {cell} failed: {one_line(error)} (traceback: {folder / cell / 'traceback.txt'})", file=sys.stderr)
     row = result_row(cli, cell, status, time.perf_counter() - started, metrics)
     history = find_callback(cli.trainer, RunHistory)
-    result = {"row": row, "history": history.history if history else []}
+    result = {"row": row, "history": history.history if history else [], "args": args}
     write_result(folder / cell, result)
     return result
 
@@ -209,6 +213,15 @@ def write_result(cell_folder: Path, result: dict[str, Any]) -> None:
     temporary = cell_folder / f"result.json.tmp{os.getpid()}"
     temporary.write_text(json.dumps(result, indent=1))
     os.replace(temporary, cell_folder / "result.json")
+
+
+def finished(cell_folder: Path, args: list[str]) -> bool:
+    """Whether a cell has a result to keep: one that did not fail, run with these arguments."""
+    path = cell_folder / "result.json"
+    if not path.is_file():
+        return False
+    result = json.loads(path.read_text())
+    return result["row"]["status"] != "failed" and result.get("args", args) == args
 
 
 def read_result(cell_folder: Path) -> dict[str, Any] | None:
