@@ -92,9 +92,10 @@ DEFAULT_LOGGER = {
 
 
 def config_stem(config: Any, default: str) -> str:
-    """The file name, without extension, of the last --config given: what a run or a study is named after."""
+    """The file name, without extension, of the last --config given: what a run or a study is named after. A config
+    given inline, as a YAML string, has no file name (jsonargparse records None)."""
     paths = config.get("config") or []
-    return Path(str(paths[-1])).stem if paths else default
+    return Path(str(paths[-1])).stem if paths and paths[-1] is not None else default
 
 
 class BatchSizeCLI(LightningCLI):

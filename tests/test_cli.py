@@ -169,6 +169,11 @@ def test_a_config_file_that_is_not_a_fit_config_is_named(workdir, text, message)
     assert not (workdir / "lightning_logs").exists()
 
 
+def test_a_config_given_inline_names_its_run_default(workdir):
+    main(["fit", "--config", "trainer:\n  max_epochs: 1\ndata:\n  batch_size: 64\n", *QUIET])
+    assert [p.name for p in (workdir / "lightning_logs").iterdir()] == ["default"]  # not "None"
+
+
 def test_an_abbreviated_key_is_not_taken_for_the_full_one(workdir):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epoch=1"])

@@ -155,6 +155,14 @@ def test_study_of_a_fork_fills_the_monitor_columns(workdir, capsys):
     assert (folder / "train_loss_by_epoch.png").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:`SineRegressor.configure_optimizers` will be overridden")  # by --optimizer
+def test_the_lr_column_is_the_rate_the_optimizer_was_given(workdir):
+    base = {**FORK_BASE, "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}}
+    assert exit_code(["study", "--config", write_study(workdir, base, {"data.batch_size": [16]})]) == 0
+    row = read_rows(workdir / "lightning_logs/forkstudy/results.csv")[0]
+    assert float(row["lr"]) == float(row["lr_effective"]) == 0.05  # not the model's unused lr=0.01
+
+
 def test_a_cell_that_raises_is_recorded_and_the_study_goes_on(workdir, capsys):
     base = {**FORK_BASE, "model": {"class_path": "fork.broken.FlakyRegressor"}}
     config = write_study(workdir, base, {"model.hidden": [13, 8]})

@@ -245,7 +245,8 @@ def result_row(cli: BatchSizeCLI, cell: str, status: str, seconds: float, metric
         "batch_size": batch_size(trainer, cli.datamodule),
         "global_batch_size": global_batch_size(trainer, cli.datamodule),
         "max_epochs": trainer.max_epochs,
-        "lr": model.hparams.get("lr"),
+        # The model's own lr setting where it has one and configures the optimizer; else the optimizer's rate.
+        "lr": model.hparams.get("lr") if not cli.config.get("optimizer") else None,
         "lr_effective": learning_rate(trainer, initial=True),
         "seed": cli.config.get("seed_everything"),
         "epochs_run": len(history.history) if history else None,
@@ -256,6 +257,8 @@ def result_row(cli: BatchSizeCLI, cell: str, status: str, seconds: float, metric
         "monitor_best": best[0] if best else None,
         "best_epoch": best[1] if best else None,
     }
+    if row["lr"] is None:  # a model with another name for it (learning_rate), or an --optimizer of the config's
+        row["lr"] = row["lr_effective"]
     row["val_loss"] = row["monitor_best"] if row["monitor"] == "val_loss" else metrics.get("val_loss")
     row["test_loss"] = metrics.get("test_loss")
     facts = reference_facts(cli.datamodule, model)
