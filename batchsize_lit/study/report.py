@@ -92,7 +92,11 @@ def report(rows: list[dict[str, Any]], folder: Path, groups: dict[str, str], set
     paths = plot_curves(curves, folder, floors.pop() if len(floors) == 1 else None)
     critical = critical_batch(rows)
     if critical:
-        print(format_table(critical["points"], ["batch_size", "lr", "runs", "steps_to_target", "samples_to_target"]))
+        # The fit is over the global batch size and the rate in use, whatever devices, accumulation or lr_scaling.
+        points = [{"global_batch_size": p["batch_size"], "lr_effective": p["lr"], **p} for p in critical["points"]]
+        print(
+            format_table(points, ["global_batch_size", "lr_effective", "runs", "steps_to_target", "samples_to_target"])
+        )
         fit = critical["fit"]
         print(
             f"critical batch size B_crit = {fit['b_crit']:.3g} (95% bootstrap over seeds {fit['b_crit_low']:.3g} to"
