@@ -168,7 +168,7 @@ def main() -> None:
     print(f"µs per training step, median of {repeats} interleaved rounds, {steps} steps each; {name}")
     print(f"torch {torch.__version__}, lightning {lightning.__version__}; ratios are medians of per-round ratios")
     print("(a) plain loop, default DataLoader  (b) plain loop, resident tensors  (c) Lightning barebones floor")
-    print("(d) batchsize_lit fit, defaults without progress bar  (d+bar) the same with Lightning's progress bar")
+    print("(d) batchsize_lit fit, defaults without progress bar  (d+bar) the same with its progress display")
     print("(c), (d): training time less validation time, over the steps run\n")
     header = f"{'n':>8} {'batch':>5} {'(a)':>8} {'(b)':>8} {'(c)':>8} {'(d)':>8} {'(d+bar)':>8}"
     print(header + f" {'d/c':>5} {'(d+bar)/c':>9} {'c/b':>5} {'a/b':>5}")
