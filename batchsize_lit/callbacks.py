@@ -541,7 +541,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def teardown(self) -> None:
         self.background = False
-        self.wait()
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:  # its thread ends with it: a study of many cells keeps none
+                self._executor.shutdown()
+                self._executor = None
 
     def wait(self) -> None:
         """Block until every pending rename and removal is done; raise the first error among them."""

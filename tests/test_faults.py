@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -127,6 +128,7 @@ def test_background_renames_keep_their_order_and_their_errors(tmp_path):
     io.save_checkpoint({"epoch": 21}, tmp_path / "taken")
     with pytest.raises(OSError):
         io.teardown()
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("checkpoint-rename")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best-20.ckpt", "last.ckpt", "taken"]  # no temporary
     io.save_checkpoint({"epoch": 22}, tmp_path / "last.ckpt")  # after teardown the rename is immediate
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 22
