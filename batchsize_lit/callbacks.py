@@ -242,6 +242,9 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
         # holds rank 0's states.
         if "rng_states" in checkpoint and trainer.state.fn == TrainerFn.FITTING and trainer.world_size == 1:
             set_rng_states(checkpoint["rng_states"])
+        if trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and "fit_loop" in checkpoint.get("loops", {}):
+            # Evaluation logs at the step the checkpoint was saved at, beside the training curves, not at step 0.
+            trainer.fit_loop.load_state_dict(checkpoint["loops"]["fit_loop"])
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)

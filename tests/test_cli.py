@@ -264,6 +264,10 @@ def test_evaluating_best_and_last_uses_the_newest_run_s_checkpoints(workdir, cap
     assert printed_val_loss(capsys) == pytest.approx(best, rel=1e-6)  # the best epoch's weights, not untrained ones
     main(["validate", *args, "--ckpt_path=last"])
     assert printed_val_loss(capsys) == pytest.approx(scalars(run)["by_epoch/val_loss"][-1][1], rel=1e-6)
+    # Both evaluations logged at the step of their checkpoint, beside the training curve, none at step 0.
+    steps = [step for step, _ in scalars(run)["val_loss"]]
+    last_step = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    assert steps[-1] == last_step and min(steps) > 0
     assert [p.name for p in run.parent.iterdir()] == ["version_0"]  # evaluated into the run, no new folder
     before = sorted(p.name for p in run.rglob("*"))
     main(["predict", *args, "--ckpt_path=last"])
