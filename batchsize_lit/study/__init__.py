@@ -24,7 +24,7 @@ from batchsize_lit.study.run import (
 
 def run_study(
     grid: dict[str, list[Any]],
-    base: dict | None = None,
+    base: dict | None = None,  # not dict[str, Any]: jsonargparse would expand a class_path in it with every default
     name: str | None = None,
     root: str = "lightning_logs",
     trial_index: int | None = None,
@@ -41,8 +41,7 @@ def run_study(
     Args:
         grid: Config keys, as on the fit command line (data.batch_size, trainer.max_epochs, model.lr,
             seed_everything, ...), each with the list of values to try.
-        base: The fit config every cell starts from: the same keys as a fit config file. (A plain dict: typed
-            dict[str, Any], jsonargparse would expand a class_path inside it, an optimizer's, with every default.)
+        base: The fit config every cell starts from: the same keys as a fit config file.
         name: Study folder under root; defaults to the study config's file name.
         root: Where the study folder goes.
         trial_index: Run only this cell (0-based, in grid order) and skip the report: one task of a job array.
