@@ -437,5 +437,5 @@ def test_a_fit_piped_to_a_file_writes_a_short_plain_log(tmp_path):
     lines = text.splitlines()
     assert len(lines) <= 60, text
     assert "\r" not in text and "Tip" not in text and "warn" not in text.lower(), text
-    assert sum(line.startswith("epoch ") for line in lines) == 13  # one line per epoch, early stop at 13
-    assert lines[-11].startswith("Fit finished: 13 of 20 epochs")
+    assert sum(line.startswith("epoch ") for line in lines) == 9  # one line per epoch, early stop at 9
+    assert lines[-11].startswith("Fit finished: 9 of 20 epochs")

@@ -64,6 +64,18 @@ def test_order_changes_per_epoch_and_repeats_per_seed():
     assert torch.equal(first, next(iter(dm.train_dataloader()))[0])
 
 
+def test_the_orders_of_two_seeds_are_not_shifted_copies():
+    """Seed s + 1 must not replay seed s's orders an epoch later: the runs of a seed study would be one run."""
+    orders = {}
+    for seed in range(4):
+        sampler = EpochShuffleSampler(range(100), seed=seed)
+        for epoch in range(4):
+            sampler.set_epoch(epoch)
+            orders[seed, epoch] = sampler.permutation()
+    pairs = [(a, b) for a in orders for b in orders if a < b]
+    assert not any(torch.equal(orders[a], orders[b]) for a, b in pairs)
+
+
 def test_val_and_test_are_in_order():
     dm = make(batch_size=30)
     x = torch.cat([b[0] for b in dm.val_dataloader()])
