@@ -90,7 +90,7 @@ def test_truncated_checkpoint_gives_no_traceback_in_a_subprocess(tmp_path):
 
 @pytest.mark.parametrize("early_stop", [False, True])
 def test_resuming_a_finished_run_changes_nothing(workdir, capsys, early_stop):
-    args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=6"]
+    args = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=9"]
     args += ["--early_stopping.patience=1"] if early_stop else ["--early_stopping.patience=null"]
     main(["fit", *args])
     first = capsys.readouterr().out

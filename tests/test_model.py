@@ -10,6 +10,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 
 from batchsize_lit import LinearRegressor, RegressionDataModule
 from batchsize_lit.callbacks import EarlyStopping
+from batchsize_lit.data import EpochShuffleSampler
 
 from helpers import CONFIGS, QUIET, bundled_cli
 
@@ -28,11 +29,12 @@ def test_learns_the_slope_and_intercept():
 
 
 def plain_sgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, batch_size: int, epochs: int, seed):
-    """The textbook loop, with the template's documented order: randperm seeded by seed + epoch."""
+    """The textbook loop over the template's order: each epoch's permutation from (seed, epoch)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    sampler = EpochShuffleSampler(range(len(x)), seed=seed)
     for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + epoch))
-        for index in order.split(batch_size):
+        sampler.set_epoch(epoch)
+        for index in sampler.permutation().split(batch_size):
             loss = F.mse_loss(model(x[index]), y[index])
             optimizer.zero_grad()
             loss.backward()
