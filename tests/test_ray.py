@@ -120,6 +120,15 @@ def test_a_crashed_worker_is_a_failed_cell_and_the_study_goes_on(ray_cluster, wo
 
 
 @pytest.mark.slow
+def test_a_config_every_cell_would_fail_on_stops_the_study_in_one_line(ray_cluster, workdir):
+    base = {**BASE, "early_stopping": {"monitor": "val_los"}}
+    config = write_study(workdir, {"model.lr": [0.1, 0.2, 0.3]}, base=base)
+    line = str(run("--config", str(config), "--executor", "ray"))
+    assert line.startswith("error: cell lr0.") and "early_stopping.monitor='val_los' is not logged" in line
+    assert "\n" not in line and not list((workdir / "lightning_logs/tiny").glob("*/result.json"))
+
+
+@pytest.mark.slow
 def test_the_command_starts_ray_and_keeps_the_console_to_its_own_lines(tmp_path):
     pytest.importorskip("ray")
     config = write_study(tmp_path, {"data.batch_size": [8, 64]})

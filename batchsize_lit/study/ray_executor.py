@@ -72,6 +72,10 @@ def run_cells_on_ray(
             try:
                 result = ray.get(ref)
             except RayError as error:  # the task itself failed: its worker died, or run_cell raised
+                if isinstance(getattr(error, "cause", None), ValueError):  # the config: every cell would fail so
+                    for other in pending:
+                        ray.cancel(other, force=True)
+                    raise ValueError(str(error.cause)) from None
                 result = lost_result(cell, cell_args[cell], defaults, time.perf_counter() - submitted, error)
             on_row(save_result(folder / cell, result))
     finally:
