@@ -215,8 +215,9 @@ class BatchSizeCLI(LightningCLI):
 
     def _explain(self, error: ArgumentError, args: Any) -> None:
         """Raise the parse error with the bad YAML file named, or a suggestion for an unknown key."""
-        if re.search("Problems parsing config|Unexpected config", str(error)):
-            raise ArgumentError(None, config_file_problem(args) or str(error)) from None
+        problem = config_file_problem(error, args)
+        if problem:
+            raise ArgumentError(None, problem) from None
         study = config_with_keys(args, ("grid", "base"))
         if study:
             raise ArgumentError(None, f"--config {study} is a study config: run it with batchsize-lit study") from None

@@ -7,7 +7,7 @@ import itertools
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,34 +127,42 @@ def config_values(argv: list[str]) -> list[str]:
     return values + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
 
 
-def config_file_problem(args: Any) -> str | None:
-    """Name the --config file that is not valid YAML (and where), is empty, or is not keys and values; None if every
-    one is fine."""
+def config_files(args: Any) -> Iterator[tuple[str, Any, yaml.YAMLError | None]]:
+    """Each --config of a command line that is a readable file: its path, what it holds, and the YAML error that
+    stops it from being read, if any."""
     for path in config_values(list(args or sys.argv[1:]) if not isinstance(args, dict) else []):
-        if Path(path).is_file():
+        try:
+            text = Path(path).read_text() if Path(path).is_file() else None
+        except OSError:
+            continue
+        if text is not None:
             try:
-                loaded = yaml.safe_load(Path(path).read_text())
+                yield path, yaml.safe_load(text), None
             except yaml.YAMLError as error:
-                mark = getattr(error, "problem_mark", None)
-                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                return f"--config {path} is not valid YAML{where}: {getattr(error, 'problem', error)}"
-            if loaded is None:
-                return f"--config {path} is empty"
-            if not isinstance(loaded, dict):
-                return f"--config {path} holds a {type(loaded).__name__}, not keys with values"
+                yield path, None, error
+
+
+def config_file_problem(error: ArgumentError, args: Any) -> str | None:
+    """For jsonargparse's error on a --config file, that file named and what is wrong with it: not valid YAML (and
+    where), empty, or not keys and values. None for any other error."""
+    if not re.search("Problems parsing config|Unexpected config", str(error)):
+        return None
+    for path, loaded, yaml_error in config_files(args):
+        if yaml_error is not None:
+            mark = getattr(yaml_error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            return f"--config {path} is not valid YAML{where}: {getattr(yaml_error, 'problem', yaml_error)}"
+        if loaded is None:
+            return f"--config {path} is empty"
+        if not isinstance(loaded, dict):
+            return f"--config {path} holds a {type(loaded).__name__}, not keys with values"
     return None
 
 
 def config_with_keys(args: Any, keys: Iterable[str]) -> str | None:
     """The first --config file whose top level has one of these keys, e.g. a study config's grid or base."""
-    for path in config_values(list(args or sys.argv[1:]) if not isinstance(args, dict) else []):
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
-        except (OSError, yaml.YAMLError):
-            continue
-        if isinstance(loaded, dict) and set(loaded) & set(keys):
-            return path
-    return None
+    matching = (path for path, loaded, _ in config_files(args) if isinstance(loaded, dict) and set(loaded) & set(keys))
+    return next(matching, None)
 
 
 def import_class(class_path: str) -> Any:

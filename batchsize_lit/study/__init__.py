@@ -162,8 +162,9 @@ def parse(argv: list[str]) -> Namespace:
         return parser.parse_args(argv)
     except ArgumentError as error:
         text = str(error)
-        if re.search("Problems parsing config|Unexpected config", text):
-            raise ArgumentError(None, config_file_problem(argv) or text) from None
+        problem = config_file_problem(error, argv)
+        if problem:
+            raise ArgumentError(None, problem) from None
         fit = config_with_keys(argv, FIT_KEYS)
         if fit:
             hint = "run it with batchsize-lit fit, or give its keys as a study's base"
