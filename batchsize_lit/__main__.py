@@ -1,8 +1,60 @@
 """`python -m batchsize_lit` and `batchsize-lit`: the fit, validate, test and predict subcommands, or the study."""
 
 import gc
+import itertools
+import os
 import sys
 
+RUNS = ("fit", "validate", "test", "predict", "study")
+
+
+def starting_line(argv: list[str]) -> str | None:
+    """What a run or a study shows while Lightning is imported: its subcommand and config files.
+
+    Nothing for help or a printed config, which have no run to announce.
+    """
+    flags = {arg.split("=", 1)[0] for arg in argv}
+    if not argv or argv[0] not in RUNS or flags & {"-h", "--help", "--print_config"}:
+        return None
+    configs = []
+    for flag, value in itertools.pairwise([*argv, ""]):
+        if flag in ("--config", "-c") or flag.startswith("--config="):
+            configs.append(flag.removeprefix("--config=") if flag.startswith("--config=") else value)
+    named = f" ({', '.join(configs)})" if configs else ""
+    return f"starting {argv[0]}{named}: importing Lightning ..."
+
+
+def show(text: str | None) -> int:
+    """Write ``text`` to stderr at once where stderr is a terminal, without a newline; return how wide it is.
+
+    Only a terminal has a person waiting at it for the seconds of the import; piped or redirected output gets nothing,
+    so a log file and a bad input's one error line stay as they were. The processes a command starts itself (DDP's
+    other ranks, the study's spawned workers, which import this module again with the same arguments) show nothing.
+    """
+    try:
+        if text is None or not sys.stderr.isatty() or os.environ.get("LOCAL_RANK", "0") != "0":
+            return 0
+        import multiprocessing  # here, not at the top: only a terminal needs it, and torch imports it anyway
+
+        if multiprocessing.parent_process() is not None:
+            return 0
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (AttributeError, ValueError, OSError):  # no stderr, or a closed one
+        return 0
+    return len(text)
+
+
+def clear(width: int) -> None:
+    """Blank the line ``show`` wrote, so that the command's own output starts on a clean line."""
+    if width:
+        sys.stderr.write("\r" + " " * width + "\r")
+        sys.stderr.flush()
+
+
+# A line at once, before the seconds of Lightning's import: the command was taken. It gives way to the first line of
+# the command's own output.
+shown = show(starting_line(sys.argv[1:]))
 # Importing Lightning creates about a million objects that live until the process ends. Collecting garbage among
 # them is wasted time: none while they are imported, and then they are frozen, out of every later collection,
 # the one at exit included (together about 1.5 s of each command on a 2-core machine).
@@ -13,9 +65,11 @@ try:
     from batchsize_lit.errors import run_or_exit
     from batchsize_lit.model import LinearRegressor
 except KeyboardInterrupt:  # Ctrl-C while Lightning is imported: nothing has started
+    clear(shown)
     sys.exit(130)
 gc.freeze()
 gc.enable()
+clear(shown)
 
 # The problem a config that names no model or data runs: a fork puts its own classes here.
 DEFAULT_MODEL, DEFAULT_DATA = LinearRegressor, RegressionDataModule

@@ -34,7 +34,10 @@ def closure(root: str, extras: tuple[str, ...]) -> dict[str, str]:
         if (canonical(name), extra) in seen:
             continue
         seen.add((canonical(name), extra))
-        dist = metadata.distribution(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            sys.exit(f"error: {name} is not installed; install {root}[{','.join(extras)}] first (make lock does)")
         versions[canonical(dist.metadata["Name"])] = dist.version
         for line in dist.requires or []:
             requirement = Requirement(line)
