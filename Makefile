@@ -29,7 +29,8 @@ run: $(VENV)/.installed
 
 # pytest's exit status 5, no test collected, is a failure here: a filter that selects nothing tests nothing.
 test: $(VENV)/.installed-$(TEST_EXTRAS)
-	$(BIN)/python -m pytest $(PYTEST_ARGS) || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$status; }
+	@echo "$(BIN)/python -m pytest $(PYTEST_ARGS)"
+	@$(BIN)/python -m pytest $(PYTEST_ARGS) || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests: failing" >&2; exit $$status; }
 
 lint: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/ruff check .
