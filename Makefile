@@ -70,6 +70,6 @@ lock: $(VENV)/.installed-dev,ray
 	@$(PIP) install --upgrade --upgrade-strategy eager -e ".[dev,ray]" \
 		"torch==$$($(BIN)/python -c 'from importlib.metadata import version; print(version("torch"))')"
 	@echo "make: running the tests against them"
-	@$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	@$(BIN)/python requirements/write_lock.py > $(LOCK).new && mv $(LOCK).new $(LOCK)
 	@echo "make: wrote $(LOCK); commit it"
