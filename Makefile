@@ -5,7 +5,7 @@
 #   make run CONFIG=configs/b128.yaml        another config
 #   make test PYTEST_ARGS="-m slow"          the slow tests
 #   make test TEST_EXTRAS=dev,ray            with the Ray extra too, so that the Ray executor's tests run
-#   make run TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"   a torch build of your choice
+#   make run TORCH="torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu"   the CPU build from its index
 
 PYTHON ?= python3
 VENV ?= .venv
