@@ -34,6 +34,7 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.folder = folder
         self.batches: list[tuple[int, Any, Tensor | None]] = []  # (dataloader_idx, prediction, input column)
+        self.examples = 0
         self.path: Path | None = None
 
     def write_on_batch_end(
@@ -48,6 +49,8 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         x = batch_input(batch)
         column = x.detach().reshape(-1).cpu() if one_per_example(x) else None
+        sized = x if isinstance(x, Tensor) and x.ndim else prediction
+        self.examples += len(sized) if isinstance(sized, Tensor) and sized.ndim else 1
         if isinstance(prediction, Tensor):
             prediction = prediction.detach().cpu()
         self.batches.append((dataloader_idx, prediction, column))
@@ -96,8 +99,7 @@ class PredictionWriter(BasePredictionWriter):
         """One line: how many predictions, and where they are."""
         if self.path is None:
             return "predict_step returned nothing: no predictions written"
-        count = sum(len(p) if isinstance(p, Tensor) and p.ndim else 1 for _, p, _ in self.batches)
-        return f"{count} predictions written to {self.path}"
+        return f"{self.examples} predictions written to {self.path}"
 
 
 def predictions_folder(ckpt_path: str | None, run: Path | None, runs_parent: Path) -> Path:

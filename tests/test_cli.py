@@ -232,7 +232,8 @@ def test_without_a_logger_each_run_gets_its_own_folder(workdir, capsys):
     line = "  run folder: lightning_logs/b16/version_1 (no logger: config.yaml and checkpoints only)"
     assert line in capsys.readouterr().out.splitlines()
     for run in ("version_0", "version_1"):
-        assert sorted(p.name for p in (workdir / "lightning_logs/b16" / run).iterdir()) == ["checkpoints", "config.yaml"]
+        folder = workdir / "lightning_logs/b16" / run
+        assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "config.yaml"]
     saved = yaml.safe_load((workdir / "lightning_logs/b16/version_1/config.yaml").read_text())
     assert saved["trainer"]["default_root_dir"] is None and saved["trainer"]["logger"] is False
     assert not (workdir / "checkpoints").exists()
