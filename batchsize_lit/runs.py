@@ -12,7 +12,7 @@ import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 
 from batchsize_lit.compat import checkpoint_run_folder, open_csv_keeping_rows
 from batchsize_lit.errors import BadInput, import_class
@@ -35,9 +35,11 @@ def is_folder_logger(spec: Namespace) -> bool:
     if init is None or not all(key in init for key in FOLDER_ARGS):
         return False
     try:
-        return hasattr(import_class(spec.class_path), "log_dir")
+        cls = import_class(spec.class_path)
     except (ImportError, AttributeError):
         return False
+    # Its own log_dir: Lightning's base Logger has one too (None), which W&B, with the same arguments, keeps.
+    return isinstance(cls, type) and getattr(cls, "log_dir", None) is not getattr(Logger, "log_dir", None)
 
 
 def folder_loggers(config: Namespace) -> list[Namespace]:

@@ -7,9 +7,11 @@ import warnings
 import pytest
 import torch
 import yaml
+from jsonargparse import Namespace
 
 from batchsize_lit import LinearRegressor, RegressionDataModule
 from batchsize_lit.__main__ import main
+from batchsize_lit.runs import is_folder_logger
 
 from helpers import CONFIGS, QUIET, run_cli, scalars
 
@@ -142,3 +144,14 @@ def test_mlflow_s_file_store_gets_the_run_s_config_and_checkpoints(workdir, caps
         "error: ckpt_path='best': lightning.pytorch.loggers.MLFlowLogger gives its runs ids, not numbered folders; "
         "give the path"
     )
+
+
+@pytest.mark.parametrize(
+    ("logger", "numbered"),
+    [("TensorBoardLogger", True), ("CSVLogger", True), ("WandbLogger", False), ("MLFlowLogger", False)],
+)
+def test_only_loggers_that_write_save_dir_name_version_get_numbered_folders(logger, numbered):
+    """W&B takes save_dir, name and version too, but its runs are <save_dir>/<project>/<id>: its ids are kept."""
+    spec = Namespace(class_path=f"lightning.pytorch.loggers.{logger}", init_args=Namespace(save_dir="x", name=None))
+    spec.init_args.version = None
+    assert is_folder_logger(spec) is numbered
