@@ -3,12 +3,9 @@
 import copy
 import inspect
 import logging
-import os
-import pickle
 import re
 import shutil
 import sys
-import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +23,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from batchsize_lit import runs
 from batchsize_lit.callbacks import (
     AtomicCheckpointIO,
     BriefModelSummary,
@@ -44,8 +42,10 @@ from batchsize_lit.errors import (
     did_you_mean,
     import_class,
 )
+from batchsize_lit.predictions import PredictionWriter, predictions_folder
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.progress import ThrottledProgressBar
+from batchsize_lit.runs import LOG_ROOT, check_checkpoint
 from batchsize_lit.trainer_info import find_callback
 
 # Lightning's own batch flattening builds a torch LeafSpec, which torch>=2.10 deprecates; nothing a user can act on.
@@ -83,7 +83,6 @@ class HeldBack(logging.Filter):
         self.loggers, self.records = [], []
 
 
-LOG_ROOT = "lightning_logs"
 STUDY_HINT = "Grids of fits: batchsize-lit study --config configs/study_seed.yaml (see batchsize-lit study --help)."
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -123,7 +122,7 @@ class BatchSizeCLI(LightningCLI):
         self.log_dir: str | None = None
         self._claimed: Path | None = None
         self._given: set[str] = set()
-        self._as_given: dict[str, Any] = {"ckpt_path": None, "version": None}
+        self._as_given: dict[str, Any] = {}  # the run-folder keys of the config, as given: see _place_run
         kwargs.setdefault("model_class", LightningModule)
         kwargs.setdefault("datamodule_class", LightningDataModule)
         kwargs.setdefault("subclass_mode_model", True)
@@ -234,10 +233,8 @@ class BatchSizeCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        logger = config.trainer.logger
-        tensorboard = hasattr(logger, "init_args") and "TensorBoardLogger" in str(logger.class_path)
-        if tensorboard and logger.init_args.get("name") is None:  # the run is named after its config
-            logger.init_args.name = config_stem(config, "default")
+        stem = config_stem(config, "default")
+        runs.name_runs(config, stem)  # a folder logger's runs are named after the config
         if config.get("weights_only", False) is None:  # checkpoints hold tensors and plain data only
             config.weights_only = True
         if config.trainer.get("enable_checkpointing") is False:
@@ -246,92 +243,40 @@ class BatchSizeCLI(LightningCLI):
                 "checkpoint with --checkpoint.save_top_k 0 --checkpoint.save_last false"
             )
         self._checkpoint_follows_early_stopping(config)
+        self._place_run(config, stem)
+
+    def _place_run(self, config: Namespace, stem: str) -> None:
+        """best and last name the newest run's checkpoints; a resume continues in its run's folder, an evaluation logs
+        into the checkpoint's run, a new fit claims a new version_N. The same with any logger, several, or none."""
         ckpt_path = config.get("ckpt_path")
-        # config.yaml reruns the experiment in a new folder: the version as given, and a resume of the newest run (a
+        # config.yaml reruns the experiment in a new folder: the loggers as given, and a resume of the newest run (a
         # resumed run ends where an uninterrupted one would) as a fresh start. See before_fit.
         self._as_given = {
             "ckpt_path": None if ckpt_path == "last" else ckpt_path,
-            "version": logger.init_args.get("version") if hasattr(logger, "init_args") else None,
+            "logger": copy.deepcopy(config.trainer.logger),
+            "default_root_dir": config.trainer.get("default_root_dir"),
         }
         if ckpt_path is None and self.subcommand in ("validate", "test", "predict") and rank_zero_only.rank == 0:
             print(f"note: no --ckpt_path, so {self.subcommand} uses the model's initial weights; --ckpt_path best or "
                   "last uses the newest run's checkpoints", file=sys.stderr)  # fmt: skip
+        parent = runs.runs_parent(config, stem)
+        self._runs_parent = parent or Path(runs.LOG_ROOT, stem)
         newest = ckpt_path == "last" or (ckpt_path == "best" and self.subcommand != "fit")
-        if newest and not tensorboard:
-            raise BadInput(f"ckpt_path={ckpt_path!r} means the TensorBoard logger's newest run; give a path")
-        weights_only = config.get("weights_only") is not False
-        if newest and self.subcommand == "fit":
-            config.ckpt_path = self._resume_in_place(logger, weights_only)
-        elif newest:  # a new process has no last or best checkpoint of its own: those of the newest run
-            config.ckpt_path = ckpt_path = self._newest_run_checkpoint(logger, ckpt_path, weights_only)
+        if newest:  # a new process has no last or best checkpoint of its own: those of the newest run
+            first = runs.logger_specs(config.trainer.logger)[:1]
+            config.ckpt_path = ckpt_path = runs.newest_run_checkpoint(
+                parent, ckpt_path, config.get("weights_only") is not False, first[0].class_path if first else ""
+            )
+        self._run = runs.run_of_checkpoint(ckpt_path) if ckpt_path not in (None, "best", "hpc", "registry") else None
+        if self._run is not None and rank_zero_only.rank == 0:
+            runs.warn_config_drift(self._run, lambda: self.parser_of(self.subcommand).dump(config, skip_unset=False))
         if self.subcommand == "predict":  # it logs nothing: no empty event file in a run folder, no new folder
             config.trainer.logger = False
-        elif ckpt_path and self.subcommand != "fit" and tensorboard and _is_run_checkpoint(ckpt_path):
-            run = Path(os.path.relpath(ckpt_path)).parent.parent  # evaluate into the run the checkpoint came from
-            logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
-            logger.init_args.version = run.name
-        if (
-            tensorboard
-            and self.subcommand == "fit"
-            and logger.init_args.get("version") is None
-            and rank_zero_only.rank == 0
-        ):
-            logger.init_args.version = self._claim_run(Path(logger.init_args.save_dir, logger.init_args.name))
-
-    def _claim_run(self, parent: Path) -> str:
-        """A new version_N folder, made with exclusive creation so that runs started at once never share one."""
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            versions = [int(p.name[8:]) for p in parent.glob("version_*") if p.name[8:].isdigit()]
-            version = max(versions, default=-1) + 1
-            while True:
-                try:
-                    (parent / f"version_{version}").mkdir()
-                    break
-                except FileExistsError:
-                    version += 1
-        except OSError as error:
-            raise BadInput(f"cannot write the log folder {parent}: {error.strerror or error}") from None
-        self._claimed = parent / f"version_{version}"
-        return f"version_{version}"
-
-    def _resume_in_place(self, logger: Any, weights_only: bool) -> str:
-        """`fit --ckpt_path last`: the newest run of this name that has a last.ckpt, continued in its own folder."""
-        last = self._newest_run_checkpoint(logger, "last", weights_only)
-        logger.init_args.version = Path(last).parts[-3]
-        return last
-
-    def _newest_run_checkpoint(self, logger: Any, which: str, weights_only: bool) -> str:
-        """The last.ckpt, or the best checkpoint it records, of the newest run of this name that has a last.ckpt.
-
-        Args:
-            logger: The TensorBoard logger's config: its save_dir and name hold the runs.
-            which: ``last`` or ``best``.
-            weights_only: Whether the checkpoints are to be read as tensors and plain data only.
-        """
-        init = logger.init_args
-        runs = sorted(
-            (
-                p
-                for p in Path(init.save_dir, init.name).glob("version_*/checkpoints/last.ckpt")
-                if p.parts[-3][8:].isdigit()
-            ),
-            key=lambda path: int(path.parts[-3][8:]),
-        )
-        if not runs:
-            # the best checkpoint is the one the newest last.ckpt records: with save_last false there is none
-            raise BadInput(f"ckpt_path={which!r}: no last.ckpt under {Path(init.save_dir, init.name)}")
-        last = str(runs[-1])
-        check_checkpoint(last, f"ckpt_path={which!r}", weights_only)
-        if which == "last":
-            return last
-        states = torch.load(last, map_location="cpu", weights_only=weights_only, mmap=True).get("callbacks", {})
-        best = next((s["best_model_path"] for k, s in states.items() if k.startswith("ModelCheckpoint")), "")
-        best_here = runs[-1].parent / Path(best).name  # the same run folder, wherever it was written from
-        if not best or not best_here.is_file():
-            raise BadInput(f"ckpt_path='best': {last} records no best checkpoint that is still there")
-        check_checkpoint(str(best_here), "ckpt_path='best'", weights_only)
-        return str(best_here)
+        elif self._run is not None and (self.subcommand != "fit" or newest):  # evaluate, or resume, in its run
+            runs.place_run(config, self._run, parent)
+        elif self.subcommand == "fit" and not runs.version_given(config) and rank_zero_only.rank == 0:
+            self._claimed = runs.claim_run(parent)
+            runs.place_run(config, self._claimed, parent)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self._notices.hold("lightning.pytorch.utilities.rank_zero")
@@ -361,14 +306,15 @@ class BatchSizeCLI(LightningCLI):
     def before_fit(self) -> None:
         self._check_shared_hparams()
         self._started = time.perf_counter()
-        self.log_dir = self.trainer.log_dir if self.trainer.loggers else None  # every DDP rank asks, here
-        if self.log_dir and rank_zero_only.rank == 0:  # a resumed run rewrites its own config.yaml
+        self.log_dir = str(runs.run_folder(self.trainer))  # every DDP rank asks, here
+        if rank_zero_only.rank == 0:  # a resumed run rewrites its own config.yaml
+            runs.open_loggers(self.trainer)  # before config.yaml is there: a CSV log starts in an empty folder
             Path(self.log_dir).mkdir(parents=True, exist_ok=True)
             config = copy.deepcopy(self.config[self.subcommand] if self.subcommand else self.config)
             if "ckpt_path" in config:  # a subcommand's config; a study cell's has none
                 config.ckpt_path = self._as_given["ckpt_path"]
-            if hasattr(config.trainer.logger, "init_args") and "version" in config.trainer.logger.init_args:
-                config.trainer.logger.init_args.version = self._as_given["version"]  # not this run's folder
+            config.trainer.logger = self._as_given["logger"]  # not this run's folder
+            config.trainer.default_root_dir = self._as_given["default_root_dir"]
             self.parser_of(self.subcommand).save(
                 config, Path(self.log_dir, "config.yaml"), skip_unset=False, overwrite=True
             )
@@ -392,13 +338,18 @@ class BatchSizeCLI(LightningCLI):
     def before_validate(self) -> None:
         self._require_data("val")
         self._check_shared_hparams()
+        runs.open_loggers(self.trainer)
 
     def before_test(self) -> None:
         self._require_data("test")
         self._check_shared_hparams()
+        runs.open_loggers(self.trainer)
 
     def before_predict(self) -> None:
         self._require_data("predict")
+        ckpt_path = (self.config[self.subcommand] if self.subcommand else self.config).get("ckpt_path")
+        self._predictions = PredictionWriter(predictions_folder(ckpt_path, self._run, self._runs_parent))
+        self.trainer.callbacks.append(self._predictions)
 
     def _require_data(self, stage: str) -> None:
         """A clear error where neither the data module nor the model gives this stage any data."""
@@ -423,11 +374,8 @@ class BatchSizeCLI(LightningCLI):
                            "share needs one value")  # fmt: skip
 
     def after_predict(self) -> None:
-        predictions = self.trainer.predict_loop.predictions
-        if predictions and rank_zero_only.rank == 0 and all(isinstance(p, torch.Tensor) for p in predictions):
-            values = torch.cat([torch.as_tensor(p).flatten() for p in predictions])
-            head = ", ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in values[:5].tolist())  # class ids
-            print(f"{len(values)} predictions: {head}{', ...' if len(values) > 5 else ''}")
+        if rank_zero_only.rank == 0:
+            print(self._predictions.report())
 
     def summary(self, seconds: float) -> str:
         """The end-of-fit report: how and why it stopped, the best epoch, what the model and data add."""
@@ -455,12 +403,7 @@ class BatchSizeCLI(LightningCLI):
         facts = reference_facts(self.datamodule, self.model)
         lines += [f"  {line}" for line in run_report(facts, self.model, self.datamodule).lines]
         lines.append(f"  {trainer.global_step} steps, {history.samples} samples seen, {seconds:.1f} s")
-        if self.log_dir:
-            lines.append(f"  run folder: {self.log_dir}")
-            lines.append(f"  tensorboard --logdir {Path(self.log_dir).parent}")
-        elif trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:  # no logger: no run
-            folder = os.path.relpath(trainer.checkpoint_callback.dirpath)
-            lines.append(f"  checkpoints: {folder} (no logger, so no run folder)")
+        lines += [f"  {line}" for line in runs.where_to_look(trainer, self.log_dir)]
         return "\n".join(lines)
 
 
@@ -538,40 +481,3 @@ def _differ(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return True
     return a is not b if isinstance(a, torch.Tensor) else bool(a != b)
-
-
-def check_checkpoint(path: str, key: str | None = None, weights_only: bool = True) -> None:
-    """A clear error for a checkpoint that is missing or cannot be read, naming an older one that can."""
-    key = key or f"ckpt_path={path!r}"
-    if not Path(path).is_file():
-        raise BadInput(f"{key} does not exist")
-    with open(path, "rb") as file:
-        head = file.read(4)
-    if head != b"PK\x03\x04":  # torch.save writes a zip archive
-        raise BadInput(f"{key}: {path} is {'empty' if not head else 'not a checkpoint: torch.save did not write it'}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-    except pickle.UnpicklingError:
-        raise BadInput(f"{key}: {path} holds more than tensors; if you trust it, add --weights_only false") from None
-    except Exception as error:  # a truncated or foreign file; torch raises several kinds
-        reason = textwrap.shorten(" ".join(str(error).split()).split(". ")[0], 160, placeholder=" ...")
-        others = sorted(Path(path).parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-        usable = next((str(p) for p in others if str(p) != str(path) and _readable(p)), None)
-        hint = f"; {usable} can be used instead" if usable else ""
-        raise BadInput(f"{key}: {path} cannot be read, it may be truncated ({reason}){hint}") from None
-    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
-        raise BadInput(f"{key}: {path} is a torch file but not a Lightning checkpoint (Trainer.save_checkpoint)")
-
-
-def _readable(path: Path) -> bool:
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return True
-    except Exception:
-        return False
-
-
-def _is_run_checkpoint(ckpt_path: str) -> bool:
-    """Whether the checkpoint sits in a TensorBoard run folder: <save_dir>/<name>/<version>/checkpoints/."""
-    path = Path(ckpt_path)
-    return path.parent.name == "checkpoints" and len(path.parents) >= 4

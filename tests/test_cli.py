@@ -72,7 +72,7 @@ def test_rerun_gets_a_new_folder_and_eval_commands_use_the_checkpoint(tmp_path, 
     main(["validate", *args, "--ckpt_path", str(ckpt)])
     assert "val_loss" in capsys.readouterr().out
     main(["predict", *args, "--ckpt_path", str(ckpt)])
-    assert f"100 predictions: {model(x[:1]).item():.4f}" in capsys.readouterr().out
+    assert "100 predictions written to lightning_logs/b128/version_0/predictions.csv" in capsys.readouterr().out
     # Evaluation adds to the run it evaluates; it makes no new run folder.
     assert sorted(p.name for p in (tmp_path / "lightning_logs" / "b128").iterdir()) == runs
 
@@ -225,10 +225,18 @@ def test_gradient_accumulation_still_logs_every_epoch(workdir):
     assert steps == [13, 26, 39]  # 50 batches, 13 optimizer steps an epoch: log_every_n_steps lowered to 13
 
 
-def test_without_a_logger_the_summary_says_where_the_checkpoints_are(workdir, capsys):
-    main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=1", "--trainer.logger=false"])
-    assert "  checkpoints: checkpoints (no logger, so no run folder)" in capsys.readouterr().out.splitlines()
-    assert (workdir / "checkpoints/last.ckpt").is_file() and not (workdir / "lightning_logs").exists()
+def test_without_a_logger_each_run_gets_its_own_folder(workdir, capsys):
+    args = ["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=1", "--trainer.logger=false"]
+    main(args)
+    main(args)
+    line = "  run folder: lightning_logs/b16/version_1 (no logger: config.yaml and checkpoints only)"
+    assert line in capsys.readouterr().out.splitlines()
+    for run in ("version_0", "version_1"):
+        folder = workdir / "lightning_logs/b16" / run
+        assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "config.yaml"]
+    saved = yaml.safe_load((workdir / "lightning_logs/b16/version_1/config.yaml").read_text())
+    assert saved["trainer"]["default_root_dir"] is None and saved["trainer"]["logger"] is False
+    assert not (workdir / "checkpoints").exists()
 
 
 def test_evaluating_a_checkpoint_copied_elsewhere_warns_nothing(workdir, capsys, recwarn):
@@ -271,12 +279,11 @@ def test_evaluating_best_and_last_uses_the_newest_run_s_checkpoints(workdir, cap
     assert [p.name for p in run.parent.iterdir()] == ["version_0"]  # evaluated into the run, no new folder
     before = sorted(p.name for p in run.rglob("*"))
     main(["predict", *args, "--ckpt_path=last"])
-    assert "100 predictions: " in capsys.readouterr().out
-    assert sorted(p.name for p in run.rglob("*")) == before  # predict logs nothing: no new event file
+    assert "100 predictions written to lightning_logs/b16/version_0/predictions.csv" in capsys.readouterr().out
+    assert sorted(p.name for p in run.rglob("*")) == sorted([*before, "predictions.csv"])  # no new event file
     assert [p.name for p in run.parent.iterdir()] == ["version_0"]
-    with pytest.raises(SystemExit) as exit_info:  # no TensorBoard logger: no newest run to name
-        main(["test", *args, "--trainer.logger=false", "--ckpt_path=best"])
-    assert exit_info.value.code == "error: ckpt_path='best' means the TensorBoard logger's newest run; give a path"
+    main(["validate", *args, "--trainer.logger=false", "--ckpt_path=best"])  # no logger: the same runs' folder
+    assert printed_val_loss(capsys) == pytest.approx(best, rel=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import torch
 
 from batchsize_lit.__main__ import main
 
-from helpers import QUIET, hparams, run_cli, scalars
+from helpers import QUIET, hparams, read_csv, run_cli, scalars
 
 FORK = ["--model=fork.regression.SineRegressor", "--data=fork.regression.SineData", *QUIET]
 FORK += ["--early_stopping.monitor=val/loss", "--checkpoint.monitor=val/loss", "--trainer.max_epochs=4"]
@@ -93,15 +93,18 @@ def test_a_fork_logging_its_own_step_train_loss_can_monitor_train_loss_epoch(wor
     assert len(epochs) == 4  # one value an epoch, from the run history, beside the model's own train_loss
 
 
-def test_predict_a_fork_prints_class_ids_and_without_a_loader_is_one_line(workdir, capsys):
+def test_predict_a_fork_writes_class_ids_and_without_a_loader_is_one_line(workdir, capsys):
     assert exit_code(["fit", *CLASSIFIER, "--trainer.max_epochs=1"]) == 0
     ckpt = str(workdir / "lightning_logs/default/version_0/checkpoints/last.ckpt")
     line = exit_code(["predict", *CLASSIFIER, f"--ckpt_path={ckpt}"])
     assert line == "error: predict: Blobs gives no predict data: no predict_dataloader, or an empty split"
     capsys.readouterr()
     assert exit_code(["predict", *CLASSIFIER, "--data=fork.classification.BlobsToPredict", f"--ckpt_path={ckpt}"]) == 0
-    printed = capsys.readouterr().out.strip().splitlines()[-1]
-    assert printed.startswith("200 predictions: ") and set(printed[17:].rstrip(", .").split(", ")) <= {"0", "1"}
+    written = "lightning_logs/default/version_0/predictions.csv"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"200 predictions written to {written}"
+    rows = read_csv(workdir / written)  # 2-column inputs: index and class only
+    assert [row["index"] for row in rows] == [str(i) for i in range(200)] and list(rows[0]) == ["index", "prediction"]
+    assert {row["prediction"] for row in rows} <= {"0", "1"}
 
 
 def test_mode_max_monitor_is_followed_everywhere(workdir, capsys):
