@@ -318,17 +318,17 @@ class GradientNoiseScale(pl.Callback):
         if failure is None:
             self.method = "per_example"
             if self._population is None:
-                line = f"per-example gradients over the first {self.max_examples} training examples (the loader has "
-                line += "no length, so no b_simple_finite)"
+                line = f"per-example gradients over the first training batches, up to {self.max_examples} examples "
+                line += "(the loader has no length, so no b_simple_finite)"
             else:
                 line = f"per-example gradients over {batch_samples(self._examples)} of {self._population} examples"
         elif self.estimator_choice == "per_example":
             self.method, line = "none", f"measures nothing: {failure}"
         elif (needs := _two_batch_needs(trainer, pl_module)) is None:
             self.method = "two_batch"
-            line = "the two-batch estimator" + ("" if failure == "asked for" else f" ({failure})")
+            line = "the two-batch estimator" + ("" if failure == "asked for" else f"; {failure}")
         else:
-            self.method, line = "none", f"measures nothing: {failure}, and the two-batch estimator needs {needs}"
+            self.method, line = "none", f"measures nothing: {failure}; the two-batch estimator needs {needs}"
         rank_zero_info(f"GradientNoiseScale: {line}")
 
     def _try(self, pl_module: pl.LightningModule, examples: Any) -> str | None:
@@ -336,7 +336,7 @@ class GradientNoiseScale(pl.Callback):
         try:
             self._per_example(pl_module, _map_tensors(lambda t: t[:2], examples), 2)
         except Exception as error:  # whatever vmap or the model raises: the run goes on without this estimator
-            return f"vmap cannot run this model's loss(batch) ({type(error).__name__}: {one_line(error)[:160]})"
+            return f"vmap cannot run this model's loss(batch): {type(error).__name__}: {one_line(error)[:160]}"
         return None
 
     def _per_example(self, pl_module: pl.LightningModule, examples: Any, population: int | None) -> dict[str, float]:
@@ -373,8 +373,8 @@ class GradientNoiseScale(pl.Callback):
             try:
                 self.last = self._per_example(pl_module, self._examples, self._population)
             except Exception as error:  # a measurement never ends a fit
-                failure = f"per-example gradients failed at step {trainer.global_step} ({type(error).__name__}: "
-                self._settle(trainer, pl_module, failure + f"{one_line(error)[:160]})")
+                failure = f"per-example gradients failed at step {trainer.global_step}: {type(error).__name__}: "
+                self._settle(trainer, pl_module, failure + one_line(error)[:160])
                 return dict(self.last)
             for logger in trainer.loggers:
                 logger.log_metrics({f"gns/{key}": value for key, value in self.last.items()}, step=trainer.global_step)

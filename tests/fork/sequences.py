@@ -5,8 +5,9 @@ from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 Pair = namedtuple("Pair", ["x", "y"])
 
@@ -70,37 +71,46 @@ class SequenceData(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size)
 
 
-class _Stream(IterableDataset):
-    """Ready-made Batch dataclasses, drawn afresh each epoch: an iterable with no length."""
-
-    def __init__(self, batches: int, batch_size: int, length: int, seed: int) -> None:
-        self.batches, self.batch_size, self.length, self.seed = batches, batch_size, length, seed
-        self.epoch = 0
-
-    def __iter__(self):
-        x, y = make_sequences(self.batches * self.batch_size, self.length, self.seed + self.epoch)
-        self.epoch += 1
-        for i in range(0, len(x), self.batch_size):
-            yield Batch(x[i : i + self.batch_size], y[i : i + self.batch_size])
+def unpack(batch) -> tuple[Tensor, Tensor]:
+    """(x, y) of a batch of any of the kinds above."""
+    if isinstance(batch, Batch | Pair):
+        return batch.x, batch.y
+    if "inputs" in batch:
+        return batch["inputs"][0], batch["target"]
+    return batch["x"], batch["y"]
 
 
-class StreamData(pl.LightningDataModule):
-    """An IterableDataset of Batch dataclasses for training (no len), and the same two Batches at every validation."""
+class SequenceMLP(pl.LightningModule):
+    """An MLP on the flattened sequence, for every batch kind and any number of validation loaders; logs train_loss
+    and val_loss (Lightning names them val_loss/dataloader_idx_N when there are several loaders)."""
 
-    def __init__(self, batch_size: int = 16, batches: int = 6, length: int = 12) -> None:
+    def __init__(self, length: int = 12, hidden: int = 16, lr: float = 0.01, nan_val_from_epoch: int | None = None):
         """
         Args:
-            batch_size: Samples per step.
-            batches: Training batches per epoch.
             length: Values per sequence.
+            hidden: Width of the hidden layer.
+            lr: Adam learning rate.
+            nan_val_from_epoch: From this epoch (1-based) on, validation logs NaN, as a broken metric would.
         """
         super().__init__()
         self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(length, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
-    def train_dataloader(self) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(_Stream(hp.batches, hp.batch_size, hp.length, seed=1), batch_size=None)
+    def loss(self, batch) -> Tensor:
+        x, y = unpack(batch)
+        return F.mse_loss(self.net(x).squeeze(-1), y)
 
-    def val_dataloader(self) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(list(_Stream(2, hp.batch_size, hp.length, seed=0)), batch_size=None)
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self.loss(batch)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        loss = self.loss(batch)
+        broken = self.hparams.nan_val_from_epoch
+        if broken is not None and self.current_epoch + 1 >= broken:
+            loss = loss * float("nan")
+        self.log("val_loss", loss)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
