@@ -1,11 +1,18 @@
 """Forks of every kind Lightning allows, through the real command line: batches of any type, layers vmap cannot run,
 manual optimization, an IterableDataset, several validation loaders, a weight-averaging callback, NaN runs."""
 
+import copy
 import json
 import math
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
+from batchsize_lit.science import _concatenate, per_example_noise_scale
+
+from fork.sequences import Batch, Pair, make_sequences, unpack
 from helpers import QUIET, read_csv, run, run_cli, scalars
 
 GNS = "--trainer.callbacks+=batchsize_lit.science.GradientNoiseScale"
@@ -136,3 +143,45 @@ def test_a_study_records_a_nan_monitor_as_diverged(workdir):
     ok = next(row for row in rows.values() if row["status"] == "ok")
     assert ok["monitor"] == "val_loss/dataloader_idx_1" and float(ok["monitor_best"]) > 0
     assert float(ok["val_loss/dataloader_idx_0"]) > 0  # what the model logged, as columns
+
+
+class BatchNormNet(nn.Module):
+    """A small MLP with BatchNorm1d whose loss(batch) reads any of the fork's batch kinds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1))
+
+    def loss(self, batch) -> torch.Tensor:
+        x, y = unpack(batch)
+        return F.mse_loss(self.net(x).squeeze(-1), y)
+
+
+@pytest.mark.parametrize("kind", ["dict", "namedtuple", "dataclass", "nested"])
+def test_per_example_gradients_of_any_batch_kind_match_a_plain_loop(kind):
+    torch.manual_seed(0)
+    model = BatchNormNet()
+    x, y = make_sequences(10, 12)
+    model.net(x)  # in train mode: BatchNorm's running statistics move off their defaults
+    model.eval()
+    make = {
+        "dict": lambda x, y: {"x": x, "y": y},
+        "namedtuple": Pair,
+        "dataclass": Batch,
+        "nested": lambda x, y: {"inputs": (x,), "target": y},
+    }[kind]
+    halves = [make(x[:4], y[:4]), make(x[4:], y[4:])]
+    batch = _concatenate(halves)  # as the noise scale gathers a loader's batches
+    assert type(batch) is type(halves[0]) and torch.equal(unpack(batch)[0], x)
+    reference = copy.deepcopy(model).double()  # one example at a time, with autograd
+    rows = []
+    for i in range(10):
+        reference.zero_grad()
+        reference.loss(make(x[i : i + 1].double(), y[i : i + 1].double())).backward()
+        rows.append(torch.cat([p.grad.flatten() for p in reference.parameters()]))
+    grads = torch.stack(rows)
+    mean = grads.mean(0)
+    expected = float((grads - mean).pow(2).sum(1).mean() / mean.dot(mean))
+    result = per_example_noise_scale(model, batch)
+    assert result["b_simple"] == pytest.approx(expected, rel=1e-9)
+    assert model.net[1].weight.dtype == torch.float32  # the model itself is left as it was
