@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar
 from torch import Tensor
 
-from batchsize_lit.outputs import accumulation_scale, step_loss
+from batchsize_lit.outputs import accumulation_scale, logged_train_loss, step_loss
 
 
 @dataclass(slots=True)
@@ -115,9 +115,12 @@ class ThrottledProgressBar(ProgressBar):
         )
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """The last step's train loss, the progress-bar metrics, and the logged ones of metrics and monitors."""
+        """The last step's train loss (returned by training_step, else as the model logs it), the progress-bar
+        metrics, and the logged ones of metrics and monitors."""
         items: dict[str, Any] = {}
         loss = step_loss(self._outputs, accumulation_scale(trainer, pl_module))
+        if loss is None and (logged := logged_train_loss(trainer)) is not None:  # training_step returned none
+            loss = logged[1]
         if loss is not None:
             items["train_loss"] = loss.item()
         items.update(super().get_metrics(trainer, pl_module))

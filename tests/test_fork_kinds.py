@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from batchsize_lit.__main__ import main
 from batchsize_lit.science import _concatenate, per_example_noise_scale
 
 from fork.sequences import Batch, Pair, make_sequences, unpack
@@ -26,6 +27,24 @@ MULTI_VAL = ["--model=fork.sequences.SequenceMLP", "--data=fork.multi_val.TwoVal
 RUN = "lightning_logs/default/version_0"
 
 
+@pytest.fixture
+def fit(workdir, capfd, caplog):
+    """The fit command run in this process (a fresh process costs seconds of imports), in a fresh folder: it returns
+    the exit status and what the run wrote: stdout, stderr and Lightning's log lines (which under pytest go to its
+    log capture, not to a stream)."""
+
+    def run_fit(*args: str) -> tuple[int | str, str]:
+        try:
+            main(["fit", *args])
+            code: int | str = 0
+        except SystemExit as exit_info:
+            code = exit_info.code
+        out, err = capfd.readouterr()
+        return code, "\n".join([out, err, *caplog.messages])
+
+    return run_fit
+
+
 def noise_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("GradientNoiseScale:")]
 
@@ -34,27 +53,25 @@ def finite(values: list[tuple[int, float]]) -> bool:
     return bool(values) and all(math.isfinite(value) for _, value in values)
 
 
-def test_per_example_noise_scale_of_a_batchnorm_model_on_dict_batches(tmp_path):
+def test_per_example_noise_scale_of_a_batchnorm_model_on_dict_batches(workdir, fit):
     """BatchNorm's running statistics follow the parameters into float64: the fit measures instead of crashing."""
-    result = run_cli("fit", *CONV, GNS, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert noise_lines(result.stdout + result.stderr) == [
-        "GradientNoiseScale: per-example gradients over 96 of 96 examples"
-    ]
-    tags = scalars(tmp_path / RUN)
+    code, output = fit(*CONV, GNS)
+    assert code == 0, output
+    assert noise_lines(output) == ["GradientNoiseScale: per-example gradients over 96 of 96 examples"]
+    tags = scalars(workdir / RUN)
     assert len(tags["gns/b_simple"]) == 2 and finite(tags["gns/b_simple"])  # one per epoch
     assert finite(tags["gns/b_noise"])  # 57 parameters: small enough for the Hessian
-    assert "12 steps, 192 samples seen" in result.stdout  # 6 batches of 16 dicts an epoch
+    assert "12 steps, 192 samples seen" in output  # 6 batches of 16 dicts an epoch
 
 
 @pytest.mark.parametrize("accumulate", [2, 1])
-def test_a_model_vmap_cannot_run_falls_back_or_says_why_and_trains_on(tmp_path, accumulate):
-    result = run_cli("fit", *GRU, GNS, f"--trainer.accumulate_grad_batches={accumulate}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    (line,) = noise_lines(result.stdout + result.stderr)
+def test_a_model_vmap_cannot_run_falls_back_or_says_why_and_trains_on(workdir, fit, accumulate):
+    code, output = fit(*GRU, GNS, f"--trainer.accumulate_grad_batches={accumulate}")
+    assert code == 0, output
+    assert "Traceback" not in output
+    (line,) = noise_lines(output)
     assert "vmap cannot run this model's loss(batch): RuntimeError" in line
-    tags = scalars(tmp_path / RUN)
+    tags = scalars(workdir / RUN)
     assert "gns/b_simple" not in tags
     if accumulate == 2:
         assert line.startswith("GradientNoiseScale: the two-batch estimator; ")
@@ -66,12 +83,12 @@ def test_a_model_vmap_cannot_run_falls_back_or_says_why_and_trains_on(tmp_path, 
     assert len(tags["by_epoch/val_loss"]) == 2  # both epochs trained
 
 
-def test_the_estimator_can_be_chosen(tmp_path):
+def test_the_estimator_can_be_chosen(workdir, fit):
     choice = ["--trainer.callbacks.estimator=two_batch", "--trainer.accumulate_grad_batches=2"]
-    result = run_cli("fit", *CONV, GNS, *choice, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert noise_lines(result.stdout + result.stderr) == ["GradientNoiseScale: the two-batch estimator"]
-    tags = scalars(tmp_path / RUN)
+    code, output = fit(*CONV, GNS, *choice)
+    assert code == 0, output
+    assert noise_lines(output) == ["GradientNoiseScale: the two-batch estimator"]
+    tags = scalars(workdir / RUN)
     assert finite(tags["gns/b_simple_two_batch"]) and "gns/b_simple" not in tags  # loss(batch) not used
 
 
@@ -83,15 +100,20 @@ def test_an_estimator_the_run_cannot_have_is_one_line(tmp_path):
         "error: GradientNoiseScale.estimator='per_example' needs a model with a loss(batch) method"
     )
     assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("lightning_logs/*/version_*"))  # bad input leaves no run folder
 
 
-def test_manual_optimization_with_two_optimizers(tmp_path):
+def test_manual_optimization_with_two_optimizers(workdir, fit):
     """global_step counts optimizer steps (two a batch); training_step returns nothing, so the train loss is the one
     the model logs; the per-example noise scale works on loss(batch)."""
-    result = run_cli("fit", *MANUAL, GNS, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "16 steps, 256 samples seen" in result.stdout  # 128 training points, batches of 32, 2 epochs
-    tags = scalars(tmp_path / RUN)
+    shown = [arg for arg in MANUAL if arg != "--trainer.enable_progress_bar=false"]
+    bar = ["--trainer.callbacks+=batchsize_lit.progress.ThrottledProgressBar", "--trainer.callbacks.live=false"]
+    code, output = fit(*shown, *bar, GNS)
+    assert code == 0, output
+    assert "16 steps, 256 samples seen" in output  # 128 training points, batches of 32, 2 epochs
+    epoch_lines = [line for line in output.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and all("train_loss" in line for line in epoch_lines)  # the logged one
+    tags = scalars(workdir / RUN)
     assert len(tags["by_epoch/train_loss"]) == 2 and finite(tags["by_epoch/train_loss"])
     assert [step for step, _ in tags["gns/b_simple"]] == [8, 16]
 
@@ -104,26 +126,26 @@ def test_a_manual_run_whose_loss_becomes_nan_diverges(tmp_path):
     assert "Traceback" not in result.stderr and "early stop" not in result.stdout
 
 
-def test_an_iterable_dataset_of_dataclass_batches(tmp_path):
-    result = run_cli("fit", *STREAM, GNS, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "12 steps, 192 samples seen" in result.stdout  # 6 batches of 16 an epoch, counted as they come
-    (line,) = noise_lines(result.stdout + result.stderr)
+def test_an_iterable_dataset_of_dataclass_batches(workdir, fit):
+    code, output = fit(*STREAM, GNS)
+    assert code == 0, output
+    assert "12 steps, 192 samples seen" in output  # 6 batches of 16 an epoch, counted as they come
+    (line,) = noise_lines(output)
     assert line.startswith("GradientNoiseScale: per-example gradients over the first training batches, up to 4096")
-    tags = scalars(tmp_path / RUN)
+    tags = scalars(workdir / RUN)
     assert finite(tags["gns/b_simple"]) and "gns/b_simple_finite" not in tags  # no data set size to correct for
 
 
-def test_two_validation_loaders_and_an_ema_callback(tmp_path):
+def test_two_validation_loaders_and_an_ema_callback(workdir, fit):
     monitor = "val_loss/dataloader_idx_0"
     args = [f"--early_stopping.monitor={monitor}", GNS, "--trainer.callbacks+=fork.ema.EMA"]
-    result = run_cli("fit", *MULTI_VAL, *args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    tags = scalars(tmp_path / RUN)
+    code, output = fit(*MULTI_VAL, *args)
+    assert code == 0, output
+    tags = scalars(workdir / RUN)
     values = [value for _, value in tags[f"by_epoch/{monitor}"]]
-    assert f"best {monitor} {min(values):.5g} at epoch {values.index(min(values)) + 1}" in result.stdout
+    assert f"best {monitor} {min(values):.5g} at epoch {values.index(min(values)) + 1}" in output
     assert "val_loss/dataloader_idx_1" in tags
-    assert "12 steps, 192 samples seen" in result.stdout and finite(tags["gns/b_simple"])
+    assert "12 steps, 192 samples seen" in output and finite(tags["gns/b_simple"])
 
 
 def test_a_study_records_a_nan_monitor_as_diverged(workdir):
