@@ -288,6 +288,7 @@ class GradientNoiseScale(pl.Callback):
         self._examples: Any = None
         self._population: int | None = 0
         self._kept: list[Any] | None = None  # training batches kept for a loader with no length
+        self._kept_count = 0
         self._previous: Tensor | None = None
         self._micro_sq: list[float] = []
 
@@ -308,7 +309,7 @@ class GradientNoiseScale(pl.Callback):
         with isolate_rng():  # reading the examples draws from the global generators: training must not notice
             gathered = _examples(trainer.train_dataloader, self.max_examples)
         if gathered is None:  # no length: the first training batches are kept, and tried at the first
-            self._kept, self._population = [], None
+            self._kept, self._kept_count, self._population = [], 0, None
             return
         self._examples, self._population = gathered
         self._settle(trainer, pl_module, self._try(pl_module, self._examples))
@@ -362,13 +363,16 @@ class GradientNoiseScale(pl.Callback):
                 self._kept = None
                 return
         self._kept.append(_map_tensors(lambda t: t.detach().clone(), batch))
-        self._examples = _concatenate(self._kept)
-        if self.max_examples is not None and batch_samples(self._examples) >= self.max_examples:
-            self._examples = _map_tensors(lambda t: t[: self.max_examples], self._examples)
+        self._kept_count += batch_samples(batch) or 0
+        if self.max_examples is not None and self._kept_count >= self.max_examples:
+            examples = _concatenate(self._kept)
+            self._examples = _map_tensors(lambda t: t[: self.max_examples], examples)
             self._kept = None  # enough: no more copies
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """Measure now, log under gns/, and return the values (per-example estimator; else the latest values)."""
+        if self._kept:  # the batches kept so far from a loader with no length
+            self._examples = _concatenate(self._kept)
         if self.method == "per_example" and self._examples is not None:
             try:
                 self.last = self._per_example(pl_module, self._examples, self._population)

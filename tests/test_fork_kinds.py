@@ -3,6 +3,7 @@ manual optimization, an IterableDataset, several validation loaders, a weight-av
 
 import copy
 import json
+import logging
 import math
 
 import pytest
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from batchsize_lit.__main__ import main
+from batchsize_lit.outputs import batch_samples
 from batchsize_lit.science import _concatenate, per_example_noise_scale
 
 from fork.sequences import Batch, Pair, make_sequences, unpack
@@ -32,6 +34,8 @@ def fit(workdir, capfd, caplog):
     """The fit command run in this process (a fresh process costs seconds of imports), in a fresh folder: it returns
     the exit status and what the run wrote: stdout, stderr and Lightning's log lines (which under pytest go to its
     log capture, not to a stream)."""
+
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")  # a study in this process may have quietened it
 
     def run_fit(*args: str) -> tuple[int | str, str]:
         try:
@@ -207,3 +211,10 @@ def test_per_example_gradients_of_any_batch_kind_match_a_plain_loop(kind):
     result = per_example_noise_scale(model, batch)
     assert result["b_simple"] == pytest.approx(expected, rel=1e-9)
     assert model.net[1].weight.dtype == torch.float32  # the model itself is left as it was
+
+
+def test_samples_are_counted_from_any_batch_kind():
+    x, y = make_sequences(5, 12)
+    kinds = [(x, y), [x, y], Pair(x, y), Batch(x, y), {"x": x, "y": y}, {"inputs": (x,), "target": y}]
+    assert [batch_samples(batch) for batch in kinds] == [5] * len(kinds)
+    assert batch_samples({"words": ["a", "b"]}) is None  # nothing to size it by: not counted, and said once
