@@ -18,10 +18,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor
 
 from batchsize_lit.errors import BadInput, Diverged, did_you_mean
+from batchsize_lit.outputs import accumulation_scale, batch_samples, logged_train_loss, step_loss
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.trainer_info import batch_size, global_batch_size, learning_rate, plain_sgd, steps_per_epoch
 
@@ -342,23 +342,19 @@ class RunHistory(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
         if self._count_samples:
-            first = batch[0] if isinstance(batch, list | tuple) else None
-            try:
-                size = first.shape[0] if isinstance(first, Tensor) else extract_batch_size(batch)
-            except Exception:  # a batch with no tensor to size it by: samples are not counted
+            size = batch_samples(batch)
+            if size is None:
                 self._count_samples = False
+                rank_zero_info(f"RunHistory: samples are not counted: a {type(batch).__name__} batch holds no tensor")
                 return
             self.samples += size * trainer.world_size
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if not isinstance(loss, Tensor):
+        loss = step_loss(outputs, accumulation_scale(trainer, pl_module))
+        if loss is None:  # training_step returned none: the model's own logged train loss is read at the epoch end
             return
-        loss = loss.detach()
-        if trainer.accumulate_grad_batches > 1:  # Lightning hands callbacks the loss divided by it
-            loss = loss * trainer.accumulate_grad_batches
         self._loss_sum = loss.clone() if self._loss_sum is None else self._loss_sum.add_(loss)
         self._batches += 1
         if self._logs_train_loss is None:  # a model that logs its own train_loss keeps it
@@ -396,6 +392,9 @@ class RunHistory(pl.Callback):
             if self._value is None and self.monitor == "train_loss_epoch":
                 self._value = row["train_loss"]
                 self._write(trainer, self.monitor, self._value, epoch)
+        elif (logged := logged_train_loss(trainer)) is not None:  # no loss returned, as under manual optimization
+            row["train_loss"] = float(logged[1])
+            self._write(trainer, "train_loss", row["train_loss"], epoch)
         self._log(trainer, run_report(self._facts, pl_module, trainer.datamodule).columns)  # e.g. weight and bias
         if self._value is not None:
             row[self.monitor] = self._value
@@ -447,8 +446,15 @@ class RunHistory(pl.Callback):
 
 
 class DivergenceCheck(pl.Callback):
-    """Stops training with an explanation once the train loss is NaN or infinite, and warns before training when the
-    learning rate is at or above the problem's ``lr_max_stable`` reference fact (with plain SGD, which it is about)."""
+    """Stops training with an explanation once the train loss or a monitored metric is NaN or infinite, and warns
+    before training when the learning rate is at or above the problem's ``lr_max_stable`` reference fact (with plain
+    SGD, which it is about).
+
+    The train loss is what ``training_step`` returns or, where it returns none (manual optimization), what the model
+    logs as ``train_loss`` (or ``train_loss_step``, ``train_loss_epoch``). The monitored metrics, those of early
+    stopping and of the run history, are checked after each validation: Lightning's early stopping would end a run
+    whose monitor became NaN as an ordinary early stop.
+    """
 
     def __init__(self, every_n_steps: int | None = None) -> None:
         """
@@ -460,11 +466,14 @@ class DivergenceCheck(pl.Callback):
         self._limit: float | None = None
         self._loss: Tensor | None = None
         self._last_step = 0
+        self._monitors: set[str] = set()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         limit = reference_facts(trainer.datamodule, pl_module).get("lr_max_stable")
         self._limit = limit if plain_sgd(trainer) else None
         self._last_step = trainer.global_step
+        kinds = (_EarlyStopping, RunHistory)
+        self._monitors = {c.monitor for c in trainer.callbacks if isinstance(c, kinds) and isinstance(c.monitor, str)}
         lr = learning_rate(trainer)
         if self._limit is not None and lr is not None and lr >= self._limit and trainer.is_global_zero:
             print(f"warning: lr {lr:.4g} is at or above this problem's stable limit lr_max_stable = "
@@ -473,20 +482,33 @@ class DivergenceCheck(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        self._loss = loss.detach() if isinstance(loss, Tensor) else None
+        self._loss = step_loss(outputs)  # finite or not whatever the accumulation scaling
         stepped = trainer.global_step != self._last_step  # not while batches accumulate towards one optimizer step
         self._last_step = trainer.global_step
         every = self.every_n_steps or trainer.log_every_n_steps or 1
-        if self._loss is not None and stepped and trainer.global_step % every == 0:
-            self._check(trainer)
+        if stepped and trainer.global_step % every == 0:
+            self._check_train_loss(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._loss is not None:
-            self._check(trainer)
+        self._check_train_loss(trainer)
 
-    def _check(self, trainer: pl.Trainer) -> None:
-        finite = bool(torch.isfinite(self._loss))
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = trainer.callback_metrics
+        for name in sorted(self._monitors):
+            value = metrics.get(name)
+            if isinstance(value, Tensor) and value.numel() == 1:
+                self._check(trainer, name, value)
+
+    def _check_train_loss(self, trainer: pl.Trainer) -> None:
+        if self._loss is not None:
+            self._check(trainer, "train loss", self._loss)
+        elif (logged := logged_train_loss(trainer)) is not None:
+            self._check(trainer, *logged)
+
+    def _check(self, trainer: pl.Trainer, name: str, value: Tensor) -> None:
+        finite = bool(torch.isfinite(value))
         if trainer.strategy.reduce_boolean_decision(finite, all=True):  # every DDP rank stops, or none
             return
         lr = learning_rate(trainer)
@@ -497,7 +519,7 @@ class DivergenceCheck(pl.Callback):
         else:
             cause = f"lr {lr:.4g} is below the stability limit {self._limit:.4g}, so look at the data and the model"
         raise Diverged(
-            f"train loss became {float(self._loss)} in epoch {trainer.current_epoch + 1} at step {trainer.global_step}."
+            f"{name} became {float(value)} in epoch {trainer.current_epoch + 1} at step {trainer.global_step}."
             f" Likely cause: {cause}"
         )
 

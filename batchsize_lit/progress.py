@@ -12,6 +12,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar
 from torch import Tensor
 
+from batchsize_lit.outputs import accumulation_scale, logged_train_loss, step_loss
+
 
 @dataclass(slots=True)
 class _Pass:
@@ -113,13 +115,14 @@ class ThrottledProgressBar(ProgressBar):
         )
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """The last step's train loss, the progress-bar metrics, and the logged ones of metrics and monitors."""
+        """The last step's train loss (returned by training_step, else as the model logs it), the progress-bar
+        metrics, and the logged ones of metrics and monitors."""
         items: dict[str, Any] = {}
-        loss = _loss_of(self._outputs)
+        loss = step_loss(self._outputs, accumulation_scale(trainer, pl_module))
+        if loss is None and (logged := logged_train_loss(trainer)) is not None:  # training_step returned none
+            loss = logged[1]
         if loss is not None:
-            # Lightning divides the loss it hands to callbacks by accumulate_grad_batches.
-            scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
-            items["train_loss"] = loss * scale
+            items["train_loss"] = loss.item()
         items.update(super().get_metrics(trainer, pl_module))
         items.pop("v_num", None)
         logged = trainer.callback_metrics
@@ -273,12 +276,6 @@ def _isatty(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed file
         return False
-
-
-def _loss_of(outputs: Any) -> float | None:
-    """The loss of a training_step output, a Tensor or a mapping with 'loss', as a number: a host sync."""
-    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-    return _scalar(loss) if isinstance(loss, Tensor) and loss.numel() == 1 else None
 
 
 def _scalar(value: Any) -> Any:

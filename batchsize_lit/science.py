@@ -3,18 +3,22 @@
 import math
 import random
 import statistics
+from collections.abc import Mapping
+from dataclasses import fields, replace
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
+from lightning_utilities.core.apply_func import apply_to_collection, is_dataclass_instance
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 from torch.utils.data import DataLoader, Subset
 
 from batchsize_lit.callbacks import RunHistory
-from batchsize_lit.errors import BadInput
+from batchsize_lit.errors import BadInput, one_line
+from batchsize_lit.outputs import accumulation_scale, batch_samples
 from batchsize_lit.problem import has_loss, reference_facts
 from batchsize_lit.trainer_info import batch_size, find_callback
 
@@ -67,10 +71,12 @@ def _noise_scale(moments: GradientMoments, hessian_matrix: Tensor | None, popula
     mean = moments.mean
     trace_sigma = moments.squared_deviation / moments.count
     grad_norm_sq = float(mean.dot(mean))
-    b_simple = trace_sigma / grad_norm_sq
+    b_simple = trace_sigma / grad_norm_sq if grad_norm_sq > 0 else math.inf  # at an exact optimum, all noise
     result = {
         "b_simple": b_simple,
-        "b_simple_finite": population * b_simple / (b_simple + population - 1),
+        "b_simple_finite": population * b_simple / (b_simple + population - 1)
+        if math.isfinite(b_simple)
+        else population,
         "grad_norm_sq": grad_norm_sq,
         "trace_sigma": trace_sigma,
     }
@@ -91,37 +97,64 @@ class _LossOf(nn.Module):
         return self.module.loss(batch)
 
 
+class _Leaf:
+    """Where the tensor of index ``index`` sat in a batch (see _leaves)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _leaves(batch: Any) -> tuple[list[Tensor], Any]:
+    """The tensors of a batch of any type Lightning moves to the device (namedtuples, dataclasses, dicts, nested),
+    and a function that builds the same batch around other tensors: ``vmap`` maps over pytrees, which leave
+    dataclasses out, so it is given the bare tensors."""
+    tensors: list[Tensor] = []
+
+    def take(tensor: Tensor) -> _Leaf:
+        tensors.append(tensor)
+        return _Leaf(len(tensors) - 1)
+
+    skeleton = apply_to_collection(batch, Tensor, take)
+    return tensors, lambda values: apply_to_collection(skeleton, _Leaf, lambda leaf: values[leaf.index])
+
+
 def per_example_noise_scale(module: nn.Module, batch: Any, population: int | None = None, max_hessian: int = 256):
     """B_simple (and B_noise for models of at most ``max_hessian`` parameters) from exact per-example gradients.
 
     The gradients come from ``torch.func``: ``vmap(grad(loss))`` over the examples of ``batch``, each as a batch of
-    one, in float64. ``module.loss`` must be a pure function of the parameters and the batch (see HasLoss).
+    one, in float64, with the module's buffers (BatchNorm's running statistics) and frozen parameters in float64
+    too. ``module.loss`` must be a pure function of the parameters and the batch (see HasLoss).
 
     Args:
         module: A module with a ``loss(batch)`` method.
-        batch: The examples, as the module's loader yields them (tensors with the examples along dimension 0).
+        batch: The examples, as the module's loader yields them (tensors with the examples along dimension 0, in
+            any collection Lightning moves to the device).
         population: Size of the data set the examples stand for; by default their number.
         max_hessian: Largest parameter count for which the Hessian, and so B_noise, is computed.
     """
     wrapper = _LossOf(module)
-    names = [name for name, p in wrapper.named_parameters() if p.requires_grad]
     params = {name: p.detach().double() for name, p in wrapper.named_parameters() if p.requires_grad}
+    fixed = {name: p.detach() for name, p in wrapper.named_parameters() if not p.requires_grad}
+    fixed.update({name: b.detach() for name, b in wrapper.named_buffers()})
+    fixed = {name: t.double() if t.is_floating_point() else t for name, t in fixed.items()}  # as the parameters
     batch = _map_tensors(lambda t: t.double() if t.is_floating_point() else t, batch)
+    names = list(params)
 
     def loss(p: dict[str, Tensor], data: Any) -> Tensor:
-        return functional_call(wrapper, p, (data,))
-
-    def one(p: dict[str, Tensor], example: Any) -> Tensor:
-        return loss(p, _map_tensors(lambda t: t.unsqueeze(0), example))
+        return functional_call(wrapper, (p, fixed), (data,))
 
     n_params = sum(params[name].numel() for name in names)
     moments = GradientMoments(scatter=n_params <= max_hessian)
-    examples = len(_first_tensor(batch))
+    examples = batch_samples(batch)
     chunk = max(1, CHUNK_ELEMENTS // n_params)  # examples whose gradients are held at once
     for start in range(0, examples, chunk):
-        part = _map_tensors(lambda t, start=start: t[start : start + chunk], batch)
+        tensors, rebuild = _leaves(_map_tensors(lambda t, start=start: t[start : start + chunk], batch))
+
+        def one(p: dict[str, Tensor], *example: Tensor, rebuild: Any = rebuild) -> Tensor:
+            return loss(p, rebuild([t.unsqueeze(0) for t in example]))
+
         with torch.enable_grad():
-            per_example = vmap(grad(one), in_dims=(None, 0))(params, part)
+            per_example = vmap(grad(one), in_dims=(None, *[0] * len(tensors)))(params, *tensors)
         moments.add(torch.cat([per_example[name].flatten(1) for name in names], dim=1))
     hessian_matrix = None
     if moments.scatter is not None:
@@ -163,60 +196,70 @@ class TwoBatchEstimator:
 
 
 def _map_tensors(fn: Any, batch: Any) -> Any:
-    """The batch with ``fn`` applied to each of its tensors, in tuples, lists and dicts."""
-    if isinstance(batch, Tensor):
-        return fn(batch)
-    if isinstance(batch, dict):
-        return {key: _map_tensors(fn, value) for key, value in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(_map_tensors(fn, value) for value in batch)
-    return batch
-
-
-def _first_tensor(batch: Any) -> Tensor:
-    """The first tensor of a batch, to count its examples."""
-    if isinstance(batch, Tensor):
-        return batch
-    values = batch.values() if isinstance(batch, dict) else batch
-    return next(_first_tensor(value) for value in values)
+    """The batch with ``fn`` applied to each of its tensors, in any collection (Lightning's apply_to_collection)."""
+    return apply_to_collection(batch, Tensor, fn)
 
 
 def _concatenate(batches: list[Any]) -> Any:
-    """The batches of a loader joined into one batch: tensors concatenated along dimension 0, in order."""
+    """The batches of a loader joined into one batch: tensors concatenated along dimension 0, in order, in tuples,
+    lists, namedtuples, dicts and dataclasses."""
     first = batches[0]
     if isinstance(first, Tensor):
         return torch.cat(batches)
-    if isinstance(first, dict):
+    if isinstance(first, Mapping):
         return {key: _concatenate([b[key] for b in batches]) for key in first}
+    if is_dataclass_instance(first):
+        return replace(first, **{f.name: _concatenate([getattr(b, f.name) for b in batches]) for f in fields(first)})
     if isinstance(first, list | tuple):
-        return type(first)(_concatenate(list(parts)) for parts in zip(*batches, strict=True))
+        parts = [_concatenate(list(part)) for part in zip(*batches, strict=True)]
+        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)  # a namedtuple's fields
     return first
 
 
-def _examples(loader: DataLoader, limit: int | None) -> tuple[Any, int]:
-    """A fixed set of the loader's examples as one batch (at most ``limit``, a seeded random subset), and N."""
-    dataset = loader.dataset
-    population = len(dataset)
+def _examples(loader: Any, limit: int | None) -> tuple[Any, int] | None:
+    """A fixed set of the loader's examples as one batch (at most ``limit``, a seeded random subset), and N; None
+    for a loader with no dataset of known length (an IterableDataset)."""
+    try:
+        dataset, collate = loader.dataset, loader.collate_fn
+        population = len(dataset)
+    except (AttributeError, TypeError, NotImplementedError):
+        return None
     indices = list(range(population))
     if limit is not None and population > limit:
         indices = torch.randperm(population, generator=torch.Generator().manual_seed(0))[:limit].sort().values.tolist()
-    plain = DataLoader(Subset(dataset, indices), batch_size=512, collate_fn=loader.collate_fn)
+    plain = DataLoader(Subset(dataset, indices), batch_size=512, collate_fn=collate)
     return _concatenate(list(plain)), population
+
+
+def _two_batch_needs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
+    """What the two-batch estimator lacks in this run, or None: it compares micro-batches that Lightning
+    accumulates, which it does under automatic optimization only."""
+    if not pl_module.automatic_optimization:
+        return "automatic optimization (Lightning accumulates no gradients under manual optimization)"
+    if trainer.accumulate_grad_batches < 2:
+        return "trainer.accumulate_grad_batches >= 2"
+    return None
 
 
 class GradientNoiseScale(pl.Callback):
     """Logs the gradient noise scale B_simple = tr Σ / |G|² under ``gns/`` in TensorBoard, for any model.
 
-    Which estimator runs, said once at the start:
+    The estimators (``estimator``), the one that runs said in one line at the start:
     - per_example: the model has a ``loss(batch)`` method (see batchsize_lit.problem.HasLoss). Exact per-example
-      gradients by ``torch.func`` over the training split, or a fixed random subset of ``max_examples`` of it, at
+      gradients by ``torch.func`` over the training split, or a fixed random subset of ``max_examples`` of it (of
+      a loader with no length, such as an IterableDataset's, the first ``max_examples`` training examples), at
       the end of every ``every_n_epochs`` epochs and every ``every_n_steps`` steps if set, and when
-      StepsToTarget asks. Small models get B_noise too.
-    - two_batch: otherwise, with accumulate_grad_batches ≥ 2. The unbiased two-batch estimator
+      StepsToTarget asks. Small models get B_noise too. The model is measured in eval mode (no dropout, BatchNorm
+      on its running statistics).
+    - two_batch: with accumulate_grad_batches ≥ 2 under automatic optimization. The unbiased two-batch estimator
       (TwoBatchEstimator), comparing each micro-batch's gradient with the accumulated one at every optimizer step.
       It assumes one device and no gradient scaler: under DDP the micro-batch gradients are not synchronised
       until the last one, and with 16-bit mixed precision they are scaled.
-    - none: neither applies; nothing is logged.
+    - auto: per_example where the model has ``loss(batch)`` and ``vmap`` can run it (tried on two examples before
+      the first step: some layers, such as recurrent ones, it cannot), else two_batch where the run allows it,
+      else nothing is measured and the line says why.
+    A measurement never ends a fit: one that fails later says why in one line, and the callback goes on with the
+    two-batch estimator where auto allows it, else measures nothing more.
     """
 
     def __init__(
@@ -225,6 +268,7 @@ class GradientNoiseScale(pl.Callback):
         every_n_epochs: int | None = 1,
         max_examples: int | None = 4096,
         ema: float = 0.95,
+        estimator: Literal["auto", "per_example", "two_batch"] = "auto",
     ) -> None:
         """
         Args:
@@ -233,46 +277,109 @@ class GradientNoiseScale(pl.Callback):
                 as when only StepsToTarget asks for it, at the target.
             max_examples: Most training examples the per-example estimator uses; null uses them all.
             ema: Smoothing of the two-batch estimator's numerator and denominator, per optimizer step.
+            estimator: auto, per_example (needs a loss(batch) method) or two_batch (needs
+                trainer.accumulate_grad_batches >= 2 under automatic optimization); see the class description.
         """
         self.every_n_steps, self.every_n_epochs, self.max_examples = every_n_steps, every_n_epochs, max_examples
+        self.estimator_choice = estimator
         self.estimator = TwoBatchEstimator(ema)
         self.method: Literal["per_example", "two_batch", "none"] = "none"
         self.last: dict[str, float] = {}
         self._examples: Any = None
-        self._population = 0
+        self._population: int | None = 0
+        self._kept: list[Any] | None = None  # training batches kept for a loader with no length
+        self._kept_count = 0
         self._previous: Tensor | None = None
         self._micro_sq: list[float] = []
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.estimator_choice == "per_example" and not has_loss(pl_module):
+            raise BadInput("GradientNoiseScale.estimator='per_example' needs a model with a loss(batch) method")
+        if self.estimator_choice == "two_batch" and (needs := _two_batch_needs(trainer, pl_module)):
+            raise BadInput(f"GradientNoiseScale.estimator='two_batch' needs {needs}")
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if has_loss(pl_module):
+        self.method, self._kept = "none", None
+        if self.estimator_choice == "two_batch":
+            return self._settle(trainer, pl_module, "asked for")
+        if not has_loss(pl_module):
+            return self._settle(trainer, pl_module, "the model has no loss(batch) method")
+        with isolate_rng():  # reading the examples draws from the global generators: training must not notice
+            gathered = _examples(trainer.train_dataloader, self.max_examples)
+        if gathered is None:  # no length: the first training batches are kept, and tried at the first
+            self._kept, self._kept_count, self._population = [], 0, None
+            return
+        self._examples, self._population = gathered
+        self._settle(trainer, pl_module, self._try(pl_module, self._examples))
+
+    def _settle(self, trainer: pl.Trainer, pl_module: pl.LightningModule, failure: str | None) -> None:
+        """Choose the estimator, given why the per-example one cannot run (None: it can), and say so in one line."""
+        if failure is None:
             self.method = "per_example"
-            with isolate_rng():  # reading the examples draws from the global generators: training must not notice
-                self._examples, self._population = _examples(trainer.train_dataloader, self.max_examples)
-            used = len(_first_tensor(self._examples))
-            rank_zero_info(f"GradientNoiseScale: per-example gradients over {used} of {self._population} examples")
-        elif trainer.accumulate_grad_batches >= 2:
+            if self._population is None:
+                line = f"per-example gradients over the first training batches, up to {self.max_examples} examples "
+                line += "(the loader has no length, so no b_simple_finite)"
+            else:
+                line = f"per-example gradients over {batch_samples(self._examples)} of {self._population} examples"
+        elif self.estimator_choice == "per_example":
+            self.method, line = "none", f"measures nothing: {failure}"
+        elif (needs := _two_batch_needs(trainer, pl_module)) is None:
             self.method = "two_batch"
-            rank_zero_info("GradientNoiseScale: the two-batch estimator (the model has no loss(batch) method)")
+            line = "the two-batch estimator" + ("" if failure == "asked for" else f"; {failure}")
         else:
-            rank_zero_info(
-                "GradientNoiseScale: nothing to measure; give the model a loss(batch) method, "
-                "or set trainer.accumulate_grad_batches >= 2"
-            )
+            self.method, line = "none", f"measures nothing: {failure}; the two-batch estimator needs {needs}"
+        rank_zero_info(f"GradientNoiseScale: {line}")
+
+    def _try(self, pl_module: pl.LightningModule, examples: Any) -> str | None:
+        """Why per-example gradients of two of the examples cannot be had, or None."""
+        try:
+            self._per_example(pl_module, _map_tensors(lambda t: t[:2], examples), 2)
+        except Exception as error:  # whatever vmap or the model raises: the run goes on without this estimator
+            return f"vmap cannot run this model's loss(batch): {type(error).__name__}: {one_line(error)[:160]}"
+        return None
+
+    def _per_example(self, pl_module: pl.LightningModule, examples: Any, population: int | None) -> dict[str, float]:
+        """per_example_noise_scale in eval mode, as ``vmap`` needs, with the training's random numbers untouched."""
+        training = pl_module.training
+        pl_module.eval()
+        try:
+            with isolate_rng():  # a loss that draws random numbers must not shift the training's
+                examples = _map_tensors(lambda t: t.to(pl_module.device), examples)
+                result = per_example_noise_scale(pl_module, examples, population)
+        finally:
+            pl_module.train(training)
+        if population is None:  # the loader has no length: the examples' number stands for no data set size
+            result.pop("b_simple_finite")
+        return result
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
+        if self._kept is None:
+            return
+        if not self._kept and self.method == "none":  # the first batch, before its step: try it, then decide
+            self._settle(trainer, pl_module, self._try(pl_module, batch))
+            if self.method != "per_example":
+                self._kept = None
+                return
+        self._kept.append(_map_tensors(lambda t: t.detach().clone(), batch))
+        self._kept_count += batch_samples(batch) or 0
+        if self.max_examples is not None and self._kept_count >= self.max_examples:
+            examples = _concatenate(self._kept)
+            self._examples = _map_tensors(lambda t: t[: self.max_examples], examples)
+            self._kept = None  # enough: no more copies
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Measure now, log under gns/, and return the values (per-example estimator; else the latest values).
-
-        The model is measured in eval mode (no dropout), as ``vmap`` needs, and put back in the mode it was in.
-        """
-        if self.method == "per_example":
-            training = pl_module.training
-            pl_module.eval()
+        """Measure now, log under gns/, and return the values (per-example estimator; else the latest values)."""
+        if self._kept:  # the batches kept so far from a loader with no length
+            self._examples = _concatenate(self._kept)
+        if self.method == "per_example" and self._examples is not None:
             try:
-                with isolate_rng():  # a loss that draws random numbers must not shift the training's
-                    examples = _map_tensors(lambda t: t.to(pl_module.device), self._examples)
-                    self.last = per_example_noise_scale(pl_module, examples, self._population)
-            finally:
-                pl_module.train(training)
+                self.last = self._per_example(pl_module, self._examples, self._population)
+            except Exception as error:  # a measurement never ends a fit
+                failure = f"per-example gradients failed at step {trainer.global_step}: {type(error).__name__}: "
+                self._settle(trainer, pl_module, failure + one_line(error)[:160])
+                return dict(self.last)
             for logger in trainer.loggers:
                 logger.log_metrics({f"gns/{key}": value for key, value in self.last.items()}, step=trainer.global_step)
         return dict(self.last)
@@ -290,8 +397,7 @@ class GradientNoiseScale(pl.Callback):
             return
         accumulated = _flat_grad(pl_module)
         previous = self._previous if self._previous is not None else torch.zeros_like(accumulated)
-        # Lightning divides each micro-batch loss by accumulate_grad_batches; undo it for this micro-batch's mean.
-        micro = (accumulated - previous) * trainer.accumulate_grad_batches
+        micro = (accumulated - previous) * accumulation_scale(trainer, pl_module)  # this micro-batch's mean
         self._micro_sq.append(float(micro.pow(2).sum()))
         self._previous = accumulated.clone()
 
