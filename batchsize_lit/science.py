@@ -383,8 +383,8 @@ class StepsToTarget(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.targets = self._resolve_targets(trainer, pl_module)
-        self.results = [dict.fromkeys(["steps", "samples", "b_simple", "b_simple_finite", "b_noise"], None) | {"target": t}
-                        for t in self.targets]  # fmt: skip
+        empty = dict.fromkeys(["steps", "samples", "b_simple", "b_simple_finite", "b_noise"])
+        self.results = [{"target": t, **empty} for t in self.targets]
         self._held, self._weights = [0] * len(self.targets), [None] * len(self.targets)
         if self.every_n_steps:
             if not has_loss(pl_module):
@@ -462,8 +462,8 @@ class StepsToTarget(pl.Callback):
 
     def columns(self) -> dict[str, Any]:
         """The results.csv columns: target, steps_to_target, samples_to_target, b_simple_at_target,
-        b_simple_finite_at_target and b_noise_at_target for the hardest target; with several targets, the same for each, numbered easiest first (``target_1``,
-        ``steps_to_target_1``, ...)."""
+        b_simple_finite_at_target and b_noise_at_target for the hardest target; with several targets, the same for
+        each, numbered easiest first (``target_1``, ``steps_to_target_1``, ...)."""
         names = {"steps": "steps_to_target", "samples": "samples_to_target", "b_simple": "b_simple_at_target",
                  "b_simple_finite": "b_simple_finite_at_target", "b_noise": "b_noise_at_target"}  # fmt: skip
         row: dict[str, Any] = {"target": self.results[-1]["target"] if self.results else None}
