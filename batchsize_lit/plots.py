@@ -77,13 +77,12 @@ def plot_curves(
 
 
 def _chart(folder: Path, name: str, y: str, axes: list[str], panels: list, floor: float | None) -> Path:
-    """One PNG: a row of panels per x axis, the panels of ``panels_of`` side by side."""
-    columns = len(panels) * len(axes)
-    figure, grid = plt.subplots(1, columns, figsize=(5.6 * columns, 4.4), squeeze=False, sharey=True)
-    count = 0
-    for (title, members), x in itertools.product(panels, axes):
-        panel = grid[0][count]
-        count += 1
+    """One PNG: a row of panels per entry of ``panels_of``, a column per x axis."""
+    figure, grid = plt.subplots(len(panels), len(axes), figsize=(6.4 * len(axes), 4.0 * len(panels) + 0.4),
+                                squeeze=False, sharey=True)  # fmt: skip
+    banded = False
+    for (row, (title, members)), (column, x) in itertools.product(enumerate(panels), enumerate(axes)):
+        panel = grid[row][column]
         ordered = sorted(members, key=lambda c: (c.get("batch_size") or 0, c.get("lr") or 0))
         for curve, marker in zip(ordered, itertools.cycle("os^Dvx*P"), strict=False):
             points = mean_curve(curve["histories"], x, y)
@@ -94,6 +93,7 @@ def _chart(folder: Path, name: str, y: str, axes: list[str], panels: list, floor
             (line,) = panel.plot(points["x"], points["mean"], marker=marker, markersize=4,
                                  markevery=max(1, len(points["x"]) // 12), label=label)  # fmt: skip
             if seeds > 1:
+                banded = True
                 panel.fill_between(points["x"], points["low"], points["high"], color=line.get_color(), alpha=0.15)
         if floor is not None:
             panel.axhline(floor, color="gray", linestyle="--", label="noise floor")
@@ -104,11 +104,11 @@ def _chart(folder: Path, name: str, y: str, axes: list[str], panels: list, floor
         if x == "samples":
             panel.set_xscale("log")
         panel.set_title(title, fontsize="medium")
+        panel.set_ylabel("train loss, epoch mean" if y == "train_loss" else y)
         panel.grid(True, which="both", alpha=0.3)
         panel.legend(fontsize="x-small")
-    grid[0][0].set_ylabel(f"{y}, mean over seeds (band: lowest to highest)" if "train" not in y else
-                          "mean train loss of the epoch, over seeds (band: lowest to highest)")  # fmt: skip
-    figure.suptitle(f"{folder.name}: {y} by {' and by '.join(AXES[x] for x in axes)}")
+    seeds = "; mean over seeds, band from the lowest to the highest seed" if banded else ""
+    figure.suptitle(f"{folder.name}: {y} by {' and by '.join(AXES[x] for x in axes)}{seeds}")
     figure.tight_layout()
     path = folder / f"{name}.png"
     figure.savefig(path, dpi=100)
