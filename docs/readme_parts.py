@@ -154,3 +154,152 @@ def seed_prose() -> str:
         f" both approach the same floor, noise_std² = {g(floor, 2)} (the least-squares fit of this training split"
         f" reaches {g(lsq, 2)}). One seed: the study's numbers are one draw of the shuffled order each.\n"
     )
+
+
+def digits_seed_prose() -> str:
+    found = {row["cell"]: row for row in rows("study_digits_seed")}
+    small, big = found["bs16_ep5"], found["bs128_ep5"]
+    return (
+        "The article's claims hold on real data too: per epoch the small batch is far ahead (train loss"
+        f" {g(small['train_loss'], 2)} against {g(big['train_loss'], 2)} after 5 epochs), and with enough epochs the"
+        f" large batch closes most of the gap ({g(found['bs128_ep20']['train_loss'], 2)} against"
+        f" {g(found['bs16_ep20']['train_loss'], 2)} after 20). One seed per cell.\n"
+    )
+
+
+def _minutes(study: str) -> str:
+    return g(sum(row["seconds"] for row in rows(study)) / 60, 2)
+
+
+def _targets(study: str) -> str:
+    values = [g(fit["target"], 3) for fit in critical(study)]
+    return ", ".join(values[:-1]) + " and " + values[-1]
+
+
+def critical_intro() -> str:
+    study = "study_critical_batch"
+    return (
+        f"Run the critical-batch study (batch 1 to 512 × 5 learning rates × {seeds(study)} seeds, {cells(study)}"
+        f" cells; the targets are a validation loss of {_targets(study)}, within 50%, 25% and 10% of the"
+        f" least-squares fit's; its cells took {_minutes(study)} minutes of one core in all, on a 2-core machine"
+        " shared with other work, and `--jobs` spreads them over the cores):\n"
+    )
+
+
+def _by_batch(study: str, index: int = -1) -> dict[int, dict[str, Any]]:
+    return {p["batch_size"]: p for p in points(study, index)}
+
+
+def _spread(study: str, index: int = -1) -> str:
+    """The seed-to-seed spread of the steps at each batch size's best lr: the range of sd / mean."""
+    ratios = []
+    for p in points(study, index):
+        steps = [s for s in setting_steps(study, p["batch_size"], p["lr"], index) if s is not None]
+        ratios.append(statistics.stdev(steps) / statistics.fmean(steps))
+    return f"{g(min(ratios) * 100, 2)}% to {g(max(ratios) * 100, 2)}%"
+
+
+def regression_prose() -> str:
+    study = "study_critical_batch"
+    fit, best = critical(study)[-1], _by_batch(study)
+    big, small = best[max(best)], best[min(best)]
+    flat = [p["steps_to_target"] for b, p in best.items() if b >= 8 * fit["b_crit"]]
+    lrs = ", ".join(f"{g(p['lr'], 2)} at {b}" for b, p in best.items())
+    return (
+        f"In plain words: below about {g(fit['b_crit'], 2)} samples per step, doubling the batch nearly halves the"
+        " number of steps needed (the perfect-scaling regime, where the gradient is mostly noise and averaging more"
+        " samples is as good as taking more steps). Above it, larger batches stop paying: from batch"
+        f" {min(b for b in best if b >= 8 * fit['b_crit'])} on, every batch size needs {g(min(flat), 3)} to"
+        f" {g(max(flat), 3)} steps on average, and the samples used grow in proportion to the batch, so a batch of"
+        f" {max(best)} spends {g(big['samples_to_target'] / small['samples_to_target'], 2)}× the data of a batch of"
+        f" {min(best)} for a {g(small['steps_to_target'] / big['steps_to_target'], 2)}× saving in steps."
+        " B_crit = E_min/S_min is where the two costs balance.\n\n"
+        f"The best learning rate per batch size ({lrs}) grows with the batch. Over the {seeds(study)} seeds, the"
+        f" steps at each batch size's best rate vary by {_spread(study)} of their mean (sd over seeds); the 95%"
+        f" bootstrap interval of B_crit, {g(fit['b_crit_low'])} to {g(fit['b_crit_high'])}, is that spread carried"
+        " through the fit.\n\n" + _edge_prose(study)
+    )
+
+
+def _edge_prose(study: str) -> str:
+    """What the largest learning rate, next to the stability limit, does at large batches."""
+    first = rows(study)[0]
+    top = max(row["lr_effective"] for row in rows(study))
+    second = sorted({row["lr_effective"] for row in rows(study)})[-2]
+    largest = max(row["global_batch_size"] for row in rows(study))
+    at_top = [s for s in setting_steps(study, largest, top) if s is not None]
+    at_second = [s for s in setting_steps(study, largest, second) if s is not None]
+    held = [s is not None for b in (64, 128, 256) for s in setting_steps(study, b, top)]
+    return (
+        f"The learning-rate grid reaches {g(top, 2)}, about the best stable rate of full-batch gradient descent on"
+        f" this quadratic, 2/(λ_max + λ_min), just under the stability limit 2/λ_max = {g(first['lr_max_stable'], 3)}."
+        f" At batch {largest} it needs {mean_sd(at_top)} steps ({len(at_top)} of {len(setting_steps(study, largest, top))}"
+        f" runs held the target), against {mean_sd(at_second)} at lr {g(second, 2)}. At batch 64 to 256 only"
+        f" {sum(held)} of its {len(held)} runs held the hardest target within the 1000 steps: close to the stability"
+        " limit the steps along the steep direction of the loss barely damp the gradient noise, so the loss keeps"
+        " jumping over the target.\n"
+    )
+
+
+def sampling_table() -> str:
+    """B_crit with shuffled epochs and with replacement, per target, on the regression."""
+    lines = [
+        "| target val_loss | sampling | B_crit (95% bootstrap) | S_min | B_simple at target, median |"
+        " B_simple_finite, median |",
+        "|---|---|---|---|---|---|",
+    ]
+    both = {"epochs": critical("study_critical_batch"), "replacement": critical("study_critical_batch_replacement")}
+    for index in range(len(both["epochs"])):
+        for sampling, fits in both.items():
+            fit = fits[index]
+            lines.append(
+                f"| {g(fit['target'], 4)} | {sampling} | {g(fit['b_crit'])} ({g(fit['b_crit_low'])} to"
+                f" {g(fit['b_crit_high'])}) | {g(fit['s_min'])} | {g(fit['b_simple'])} | {g(fit['b_simple_finite'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _noise_over_simple(study: str, index: int = -1) -> tuple[int, int]:
+    """In how many of the runs at each batch size's best lr B_noise exceeds B_simple at the target."""
+    count = len(critical(study))
+    suffix = f"_{(index % count) + 1}" if count > 1 else ""
+    chosen = [row for p in points(study, index) for row in rows(study)
+              if row["global_batch_size"] == p["batch_size"] and math.isclose(row["lr_effective"], p["lr"])]  # fmt: skip
+    pairs = [(row[f"b_noise_at_target{suffix}"], row[f"b_simple_at_target{suffix}"]) for row in chosen]
+    pairs = [(noise, simple) for noise, simple in pairs if noise is not None and simple is not None]
+    return sum(noise > simple for noise, simple in pairs), len(pairs)
+
+
+def prediction_prose() -> str:
+    study = "study_critical_batch"
+    fits, first = critical(study), rows(study)[0]
+    fit = fits[-1]
+    above, total = _noise_over_simple(study)
+    ratio = first["hessian_eig_max"] / first["hessian_eig_min"]
+    crit = ", ".join(f"{g(f['b_crit'])} ({g(f['b_crit_low'])} to {g(f['b_crit_high'])})" for f in fits)
+    noise = ", ".join(g(f["b_noise"]) for f in fits)
+    simple = ", ".join(g(f["b_simple"]) for f in fits)
+    best = _by_batch(study)
+    saturated = min(b for b, p in best.items() if p["lr"] == max(q["lr"] for q in best.values()))
+    return (
+        "**How the prediction holds.** McCandlish et al. predict B_crit ≈ B_noise measured near the target. Here it"
+        f" does not. At the hardest target B_noise has a median of {g(fit['b_noise'])} (quartiles"
+        f" {g(fit['b_noise_q1'])} to {g(fit['b_noise_q3'])}) and B_simple {g(fit['b_simple'])} (quartiles"
+        f" {g(fit['b_simple_q1'])} to {g(fit['b_simple_q3'])}), against B_crit = {g(fit['b_crit'])}. Weighting"
+        f" the noise by the curvature does not bring it closer: B_noise exceeds B_simple in {above} of the {total}"
+        " runs at each batch size's best rate. From the easiest target to the hardest, B_crit is"
+        f" {crit}, while the median B_noise is {noise} and B_simple {simple}: the noise scales grow as the"
+        " target nears the loss floor, since |G|² goes to 0 there, and B_crit does not follow them.\n\n"
+        "What appears to set B_crit on this problem is the learning rate's stability limit, not the per-step noise."
+        " The noise-scale model lets the step size grow with the batch towards the step that is best for the exact"
+        f" gradient; on this badly conditioned quadratic (λ_max/λ_min = {g(ratio, 2)}) plain SGD is stable only"
+        f" below 2/λ_max = {g(first['lr_max_stable'], 3)}. The best learning rate grows with the batch until it"
+        f" reaches the grid's largest rates, from batch {saturated} on, and from there a larger batch cannot take"
+        " a larger step, so the steps stop falling, whatever the noise. What the data support: B_crit changes"
+        " little across targets while the noise scales change severalfold, and the steps level off where the"
+        " best rate meets the stability limit. What they do not: the 5-value learning-rate grid places that point"
+        " only to within a factor of 2 in batch size; the direction of the gradient against the curvature, which"
+        " decides how far below the model's best step the limit sits, is not recorded; and it is one two-parameter"
+        " problem. A run with a finer learning-rate grid near 2/λ_max, or on a well-conditioned quadratic, would"
+        " test it.\n"
+    )

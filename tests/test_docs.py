@@ -40,6 +40,7 @@ def test_each_documented_study_commits_its_results(study):
     assert rows and all(row["status"] in ("ok", "diverged") for row in rows)
     if study in CRITICAL:
         assert len(readme_parts.critical(study)) >= 3  # B_crit at 3 targets or more
+    if study in ("study_critical_batch", "study_digits_critical_batch"):
         assert len({row["seed"] for row in rows}) >= 10
 
 

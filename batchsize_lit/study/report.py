@@ -170,12 +170,11 @@ def critical_line(fit: dict[str, float]) -> str:
         f" {fit['b_crit_high']:.3g}); S_min = {fit['s_min']:.4g} steps; E_min = {fit['e_min']:.4g} samples"
         " (S = S_min·(1 + B_crit/B), best lr per batch size)"
     )
-    for name in ("b_simple", "b_noise"):
+    for name, label in (("b_simple", "B_simple"), ("b_noise", "B_noise")):
         if name in fit:
             line += (
-                f"\n{'B_simple' if name == 'b_simple' else 'B_noise'} at the target = {fit[name]:.3g} (median of those"
-                f" runs; quartiles {fit[name + '_q1']:.3g} to {fit[name + '_q3']:.3g}); B_crit / it ="
-                f" {fit['b_crit'] / fit[name]:.3g}"
+                f"\n{label} at the target = {fit[name]:.3g} (median of those runs; quartiles {fit[name + '_q1']:.3g}"
+                f" to {fit[name + '_q3']:.3g}); B_crit / {label} = {fit['b_crit'] / fit[name]:.3g}"
             )
     return line
 
