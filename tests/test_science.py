@@ -227,3 +227,21 @@ def test_several_targets_are_recorded_in_one_run_easiest_first():
     columns = tracker.columns()
     assert columns["steps_to_target"] == 4 and columns["target"] == 0.25
     assert (columns["target_1"], columns["steps_to_target_1"], columns["steps_to_target_3"]) == (0.5, 1, 4)
+
+
+def test_steps_to_target_follows_early_stopping_and_names_a_metric_never_logged(workdir, capsys):
+    """Without its own monitor it watches early stopping's (val_acc, mode max, on digits); a monitor that is not
+    logged ends the fit in one line instead of never being reached."""
+    callback = '[{"class_path": "batchsize_lit.science.StepsToTarget", "init_args": {"target": [0.5, 0.8], "hold": 1}}]'
+    args = ["fit", "--config", str(CONFIGS / "digits.yaml"), *QUIET, "--trainer.max_epochs=2"]
+    main([*args, "--early_stopping.monitor=val_acc", "--early_stopping.mode=max", f"--trainer.callbacks={callback}"])
+    run = workdir / "lightning_logs/digits/version_0"
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    assert {"target/val_acc_1", "target/val_acc_2", "target/steps_1"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("target/val_acc_2")[0].value == pytest.approx(0.8)
+    bad = callback.replace('"hold": 1', '"hold": 1, "monitor": "val_accuracy"')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, f"--trainer.callbacks={bad}"])
+    line = str(exit_info.value.code)
+    assert line.startswith("error: StepsToTarget.monitor='val_accuracy' is never logged") and "\n" not in line
