@@ -107,8 +107,8 @@ def _chart(folder: Path, name: str, y: str, axes: list[str], panels: list, floor
         panel.set_ylabel("train loss, epoch mean" if y == "train_loss" else y)
         panel.grid(True, which="both", alpha=0.3)
         panel.legend(fontsize="x-small")
-    seeds = "; mean over seeds, band from the lowest to the highest seed" if banded else ""
-    figure.suptitle(f"{folder.name}: {y} by {' and by '.join(AXES[x] for x in axes)}{seeds}")
+    seeds = "\nmean over seeds, band from the lowest to the highest seed" if banded else ""
+    figure.suptitle(f"{folder.name}: {y} by {' and by '.join(AXES[x] for x in axes)}{seeds}", fontsize="medium")
     figure.tight_layout()
     path = folder / f"{name}.png"
     figure.savefig(path, dpi=100)

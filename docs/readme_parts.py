@@ -36,6 +36,12 @@ def critical(study: str) -> list[dict[str, Any]]:
         return [{key: _value(value) for key, value in row.items()} for row in csv.DictReader(file)]
 
 
+def missing(*studies: str) -> str:
+    """A line saying which studies have no committed results, or "" when all have."""
+    absent = [study for study in studies if not (RESULTS / study / "results.csv").is_file()]
+    return f"Not run for this README yet: {', '.join(absent)} (no results under docs/results/).\n" if absent else ""
+
+
 def g(value: float, digits: int = 3) -> str:
     """A number with ``digits`` significant figures, without an exponent for everyday sizes."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -76,6 +82,8 @@ def points(study: str, index: int = -1) -> list[dict[str, Any]]:
 
 def critical_output(study: str) -> str:
     """What the study prints for its hardest target: the best lr per batch size and the fit."""
+    if missing(study):
+        return missing(study)
     fit = critical(study)[-1]
     shown = [{"global_batch_size": p["batch_size"], "lr_effective": p["lr"], **p} for p in points(study)]
     table = format_table(shown, ["global_batch_size", "lr_effective", "runs", "steps_to_target", "samples_to_target"])
@@ -97,7 +105,7 @@ def by_target_table(studies: dict[str, str]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for label, study in studies.items():
-        for fit in critical(study):
+        for fit in critical(study) if not missing(study) else []:
             noise = f"{g(fit['b_noise'])} ({g(fit['b_noise_q1'])} to {g(fit['b_noise_q3'])})" if fit["b_noise"] else ""
             lines.append(
                 f"| {label} | {g(fit['target'], 4)} | {g(fit['b_crit'])} ({g(fit['b_crit_low'])} to"
@@ -212,7 +220,7 @@ def regression_prose() -> str:
         f" {min(b for b in best if b >= 8 * fit['b_crit'])} on, every batch size needs {g(min(flat), 3)} to"
         f" {g(max(flat), 3)} steps on average, and the samples used grow in proportion to the batch, so a batch of"
         f" {max(best)} spends {g(big['samples_to_target'] / small['samples_to_target'], 2)}× the data of a batch of"
-        f" {min(best)} for a {g(small['steps_to_target'] / big['steps_to_target'], 2)}× saving in steps."
+        f" {min(best)} to save {g(small['steps_to_target'] / big['steps_to_target'], 2)}× in steps."
         " B_crit = E_min/S_min is where the two costs balance.\n\n"
         f"The best learning rate per batch size ({lrs}) grows with the batch. Over the {seeds(study)} seeds, the"
         f" steps at each batch size's best rate vary by {_spread(study)} of their mean (sd over seeds); the 95%"
@@ -244,6 +252,8 @@ def _edge_prose(study: str) -> str:
 
 def sampling_table() -> str:
     """B_crit with shuffled epochs and with replacement, per target, on the regression."""
+    if missing("study_critical_batch_replacement"):
+        return missing("study_critical_batch_replacement")
     lines = [
         "| target val_loss | sampling | B_crit (95% bootstrap) | S_min | B_simple at target, median |"
         " B_simple_finite, median |",
@@ -282,33 +292,43 @@ def prediction_prose() -> str:
     noise = ", ".join(g(f["b_noise"]) for f in fits)
     simple = ", ".join(g(f["b_simple"]) for f in fits)
     best = _by_batch(study)
-    saturated = min(b for b, p in best.items() if p["lr"] == max(q["lr"] for q in best.values()))
+    cap = max(p["lr"] for p in best.values())
+    saturated = min(b for b, p in best.items() if p["lr"] == cap)
+    top = max(row["lr_effective"] for row in rows(study))
+    wins = sum(p["lr"] == top for p in best.values())
+    top_line = "never the best" if not wins else f"the best at {wins} batch size(s) only"
     return (
         "**How the prediction holds.** McCandlish et al. predict B_crit ≈ B_noise measured near the target. Here it"
         f" does not. At the hardest target B_noise has a median of {g(fit['b_noise'])} (quartiles"
         f" {g(fit['b_noise_q1'])} to {g(fit['b_noise_q3'])}) and B_simple {g(fit['b_simple'])} (quartiles"
         f" {g(fit['b_simple_q1'])} to {g(fit['b_simple_q3'])}), against B_crit = {g(fit['b_crit'])}. Weighting"
         f" the noise by the curvature does not bring it closer: B_noise exceeds B_simple in {above} of the {total}"
-        " runs at each batch size's best rate. From the easiest target to the hardest, B_crit is"
-        f" {crit}, while the median B_noise is {noise} and B_simple {simple}: the noise scales grow as the"
-        " target nears the loss floor, since |G|² goes to 0 there, and B_crit does not follow them.\n\n"
+        f" runs at each batch size's best rate. From the easiest target to the hardest, B_crit is {crit}, while the"
+        f" median B_noise is {noise} and B_simple {simple}: the noise scales grow"
+        f" {g(fits[-1]['b_noise'] / fits[0]['b_noise'], 2)}-fold (B_noise) and"
+        f" {g(fits[-1]['b_simple'] / fits[0]['b_simple'], 2)}-fold (B_simple) as the target nears the loss floor,"
+        f" since |G|² goes to 0 there, while B_crit falls {g(fits[0]['b_crit'] / fits[-1]['b_crit'], 2)}-fold.\n\n"
         "What appears to set B_crit on this problem is the learning rate's stability limit, not the per-step noise."
         " The noise-scale model lets the step size grow with the batch towards the step that is best for the exact"
         f" gradient; on this badly conditioned quadratic (λ_max/λ_min = {g(ratio, 2)}) plain SGD is stable only"
-        f" below 2/λ_max = {g(first['lr_max_stable'], 3)}. The best learning rate grows with the batch until it"
-        f" reaches the grid's largest rates, from batch {saturated} on, and from there a larger batch cannot take"
-        " a larger step, so the steps stop falling, whatever the noise. What the data support: B_crit changes"
-        " little across targets while the noise scales change severalfold, and the steps level off where the"
-        " best rate meets the stability limit. What they do not: the 5-value learning-rate grid places that point"
-        " only to within a factor of 2 in batch size; the direction of the gradient against the curvature, which"
+        f" below 2/λ_max = {g(first['lr_max_stable'], 3)}. The best learning rate grows with the batch up to"
+        f" {g(cap, 2)}, reached at batch {saturated}, and stays there: {g(top, 2)}, the grid's only larger rate,"
+        f" just under the limit, is {top_line} at the hardest target. From there a larger batch cannot take a"
+        " larger step, so the steps stop falling, whatever the noise. What the data support: B_crit lies below the"
+        f" batch at which the best rate stops growing, within a factor of {g(saturated / fit['b_crit'], 2)}, and it"
+        " does not follow the noise scales from one target to the next. What they do not: the 5-value learning-rate"
+        " grid places the point where the rate stops growing only to within a factor of 2 in batch size, and a rate"
+        " between"
+        f" {g(cap, 2)} and {g(top, 2)} may do better; the direction of the gradient against the curvature, which"
         " decides how far below the model's best step the limit sits, is not recorded; and it is one two-parameter"
-        " problem. A run with a finer learning-rate grid near 2/λ_max, or on a well-conditioned quadratic, would"
-        " test it.\n"
+        " problem. A finer learning-rate grid near 2/λ_max, or a well-conditioned quadratic, would test it.\n"
     )
 
 
 def digits_critical_intro() -> str:
     study = "study_digits_critical_batch"
+    if missing(study):
+        return missing(study)
     lrs = sorted({row["lr_effective"] for row in rows(study)})
     return (
         "The critical-batch study on digits (an MLP with 64 hidden units and plain SGD; batch 1 to 1024 × lr"
@@ -321,6 +341,8 @@ def digits_critical_intro() -> str:
 
 def digits_critical_prose() -> str:
     study = "study_digits_critical_batch"
+    if missing(study):
+        return ""
     found, best = rows(study), _by_batch(study)
     top = max(row["lr_effective"] for row in found)
     largest = max(best)
@@ -343,6 +365,8 @@ def digits_critical_prose() -> str:
 
 def both_prose() -> str:
     """The prediction against the data of both problems, target by target."""
+    if missing("study_critical_batch", "study_digits_critical_batch"):
+        return ""
     regression, digits = critical("study_critical_batch"), critical("study_digits_critical_batch")
 
     def ratios(fits: list[dict[str, Any]], key: str) -> str:
