@@ -72,7 +72,8 @@ def plot_curves(
     charts = [("train_loss_by_epoch", "train_loss", ["epoch"]), ("train_loss_by_step_and_samples", "train_loss",
               ["step", "samples"])]  # fmt: skip
     if monitor and monitor != "train_loss" and any(monitor in row for c in curves for h in c["histories"] for row in h):
-        charts.insert(1, (f"{monitor}_by_epoch", monitor, ["epoch"]))
+        file_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in monitor)  # val/loss: val_loss
+        charts.insert(1, (f"{file_name}_by_epoch", monitor, ["epoch"]))
     return [_chart(folder, name, y, axes, panels, floor if "loss" in y else None) for name, y, axes in charts]
 
 
