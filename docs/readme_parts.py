@@ -334,8 +334,7 @@ def digits_critical_intro() -> str:
         "The critical-batch study on digits (an MLP with 64 hidden units and plain SGD; batch 1 to 1024 × lr"
         f" {{{', '.join(g(lr, 2) for lr in lrs)}}} × {seeds(study)} seeds, {cells(study)} cells, {_minutes(study)}"
         " minutes of one core in all on a shared 2-core machine; the targets are a validation loss of"
-        f" {_targets(study)}, each held for 20 steps; the hardest is about 93% validation accuracy). For the hardest"
-        " target:\n"
+        f" {_targets(study)}, each held for 20 steps). For the hardest target:\n"
     )
 
 

@@ -16,15 +16,17 @@ from helpers import CONFIGS, ROOT, run_cli
 sys.path.insert(0, str(ROOT / "docs"))
 import readme_parts
 
-# Each study the README reports, and the results columns a rerun of one of its cells must give again.
-DOCUMENTED = {
-    "study_seed": ["steps", "train_loss", "monitor_best"],
-    "study_digits_seed": ["steps", "train_loss", "monitor_best", "val_acc"],
-    "study_critical_batch": ["steps_to_target_1", "steps_to_target_2", "steps_to_target_3"],
-    "study_critical_batch_replacement": ["steps_to_target_1", "steps_to_target_2", "steps_to_target_3"],
-    "study_digits_critical_batch": ["steps_to_target_1", "steps_to_target_2", "steps_to_target_3"],
-}
-CRITICAL = [study for study in DOCUMENTED if "critical" in study]
+# Each study the README reports has its folder under docs/results/.
+DOCUMENTED = sorted(path.parent.name for path in (ROOT / "docs/results").glob("*/results.csv"))
+CRITICAL = [study for study in DOCUMENTED if (ROOT / "docs/results" / study / "critical_batch.csv").is_file()]
+
+
+def compared(study: str) -> list[str]:
+    """The results columns a rerun of one of the study's cells must give again: the steps to each target, or else
+    the steps and losses."""
+    columns = list(readme_parts.rows(study)[0])
+    steps = [column for column in columns if column.startswith("steps_to_target")]
+    return steps or ["steps", "train_loss", "monitor_best"]
 
 
 def test_the_readme_is_what_the_committed_results_generate():
@@ -36,6 +38,7 @@ def test_the_readme_is_what_the_committed_results_generate():
 
 @pytest.mark.parametrize("study", DOCUMENTED)
 def test_each_documented_study_commits_its_results(study):
+    assert {"study_seed", "study_critical_batch", "study_digits_critical_batch"} <= set(DOCUMENTED)
     rows = readme_parts.rows(study)
     assert rows and all(row["status"] in ("ok", "diverged") for row in rows)
     if study in CRITICAL:
@@ -54,7 +57,8 @@ def test_the_committed_critical_batch_csv_is_what_its_results_give(study):
     for found, row in zip(fits, committed, strict=True):
         assert found["target"] == pytest.approx(row["target"], rel=1e-12)
         for key in ["b_crit", "b_crit_low", "b_crit_high", "s_min", "e_min", "b_simple", "b_noise"]:
-            assert found["fit"][key] == pytest.approx(row[key], rel=1e-9), key
+            if row[key] is not None:  # no B_noise for a model too large for its Hessian
+                assert found["fit"][key] == pytest.approx(row[key], rel=1e-9), key
 
 
 @pytest.mark.slow
@@ -69,7 +73,7 @@ def test_a_rerun_of_random_cells_gives_the_committed_rows(study, tmp_path):
         assert done.returncode == 0, done.stderr
         committed = rows[index]
         row = json.loads((tmp_path / "rerun" / committed["cell"] / "result.json").read_text())["row"]
-        for column in DOCUMENTED[study]:
+        for column in compared(study):
             expected, got = committed.get(column), row.get(column)
             same = got == expected if isinstance(expected, int) or expected is None else math.isclose(got, expected)
             assert same, f"{study} cell {committed['cell']} (trial_index {index}): {column} {got} != {expected}"
