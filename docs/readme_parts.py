@@ -345,20 +345,30 @@ def digits_critical_prose() -> str:
     found, best = rows(study), _by_batch(study)
     top = max(row["lr_effective"] for row in found)
     largest = max(best)
-    at_top = [s for s in setting_steps(study, largest, top) if s is not None]
+    at_top = setting_steps(study, largest, top)
+    held = [s for s in at_top if s is not None]
+    top_line = f"at batch {largest} lr {g(top, 2)} " + (
+        f"needs {mean_sd(held)} steps ({len(held)} of {len(at_top)} runs held the target)" if held else
+        f"never held the target in {len(at_top)} runs"
+    ) + f", against {g(best[largest]['steps_to_target'], 3)} at lr {g(best[largest]['lr'], 2)}"  # fmt: skip
     missed = [row for row in found if row["steps_to_target"] is None]
     lrs = ", ".join(f"{g(p['lr'], 2)} at {b}" for b, p in best.items())
-    top_line = (
-        f"at batch {largest} lr {g(top, 2)} needs {mean_sd(at_top)} steps ({len(at_top)} of"
-        f" {len(setting_steps(study, largest, top))} runs held the target), against"
-        f" {g(best[largest]['steps_to_target'], 3)} at lr {g(best[largest]['lr'], 2)}"
-    )
+    dropped = sorted({row["global_batch_size"] for row in found} - set(best))
+    out = ""
+    for batch in dropped:
+        counts = [(lr, setting_steps(study, batch, lr)) for lr in sorted({r["lr_effective"] for r in found})]
+        held_at = ", ".join(f"{sum(s is not None for s in steps)} of {len(steps)} at lr {g(lr, 2)}"
+                            for lr, steps in counts)  # fmt: skip
+        out += (
+            f" Batch {batch} drops out of the fit: no learning rate held the hardest target in every seed within"
+            f" {max(r['steps'] for r in found)} steps (the runs that held it: {held_at})."
+        )
     return (
         f"The best learning rate per batch size: {lrs}; {top_line}. Over the {seeds(study)} seeds the steps at each"
-        f" batch size's best rate vary by {_spread(study)} of their mean (sd over seeds). {len(missed)} of the"
-        f" {len(found)} runs did not hold the hardest target within {max(r['steps'] for r in found)} steps, at"
-        f" batch {min(r['global_batch_size'] for r in missed)} to {max(r['global_batch_size'] for r in missed)} with"
-        f" lr {g(min(r['lr_effective'] for r in missed), 2)} to {g(max(r['lr_effective'] for r in missed), 2)}.\n"
+        f" batch size's best rate vary by {_spread(study)} of their mean (sd over seeds).{out} {len(missed)} of the"
+        f" {len(found)} runs did not hold the hardest target, at batch {min(r['global_batch_size'] for r in missed)}"
+        f" to {max(r['global_batch_size'] for r in missed)} with lr {g(min(r['lr_effective'] for r in missed), 2)}"
+        f" to {g(max(r['lr_effective'] for r in missed), 2)}.\n"
     )
 
 
@@ -370,14 +380,20 @@ def both_prose() -> str:
 
     def ratios(fits: list[dict[str, Any]], key: str) -> str:
         values = [f[key] / f["b_crit"] for f in fits if f.get(key)]
-        return f"{g(min(values), 2)} to {g(max(values), 2)}"
+        return f"{g(values[0], 2)} times B_crit at the easiest target to {g(values[-1], 2)} times at the hardest"
 
+    def trend(fits: list[dict[str, Any]]) -> str:
+        first, last = fits[0]["b_crit"], fits[-1]["b_crit"]
+        return f"{'falls' if last < first else 'grows'} from {g(first)} to {g(last)}"
+
+    closest = min(f["b_simple"] / f["b_crit"] for f in digits)
     return (
-        f"The prediction does not hold on either problem: over the targets, B_simple at the target is"
-        f" {ratios(digits, 'b_simple')} times B_crit on digits and {ratios(regression, 'b_simple')} times on the"
-        f" regression, where B_noise is {ratios(regression, 'b_noise')} times. Both noise scales grow as the target"
-        " nears the loss floor, since |G|² goes to 0 there, so how far off they are depends on where the target"
-        " sits; on digits B_crit goes from"
-        f" {g(digits[0]['b_crit'])} to {g(digits[-1]['b_crit'])} from the easiest target to the hardest, on the"
-        f" regression from {g(regression[0]['b_crit'])} to {g(regression[-1]['b_crit'])}.\n"
+        f"On digits B_simple at the target is {ratios(digits, 'b_simple')}; on the regression B_simple is"
+        f" {ratios(regression, 'b_simple')}, and B_noise {ratios(regression, 'b_noise')}."
+        " On both problems the noise scales grow as the target tightens, since |G|² goes to 0 near the loss floor,"
+        f" while B_crit {trend(digits)} on digits and {trend(regression)} on the regression. So how well the"
+        " prediction appears to hold depends on where the target sits: it is closest at the easiest target"
+        f" (on digits within a factor of {g(max(closest, 1 / closest), 2)}), and furthest at the regression's"
+        f" hardest, {g(regression[-1]['b_noise'] / regression[-1]['b_crit'], 2)}× in B_noise, where the stability"
+        " limit appears to set B_crit (above).\n"
     )
