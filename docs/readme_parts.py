@@ -305,7 +305,7 @@ def prediction_prose() -> str:
         f" the noise by the curvature does not bring it closer: B_noise exceeds B_simple in {above} of the {total}"
         f" runs at each batch size's best rate; nor does the correction for epochs drawn without replacement, which"
         f" takes the median B_simple only to {g(fit['b_simple_finite'])} (B_simple_finite, N = 800 examples)."
-        " From the easiest target to the hardest, B_crit is {crit}, while the"
+        f" From the easiest target to the hardest, B_crit is {crit}, while the"
         f" median B_noise is {noise} and B_simple {simple}: the noise scales grow"
         f" {g(fits[-1]['b_noise'] / fits[0]['b_noise'], 2)}-fold (B_noise) and"
         f" {g(fits[-1]['b_simple'] / fits[0]['b_simple'], 2)}-fold (B_simple) as the target nears the loss floor,"
