@@ -294,7 +294,11 @@ class RunHistory(pl.Callback):
     """
 
     def __init__(
-        self, monitor: str = "val_loss", mode: Literal["min", "max"] = "min", log_every_epoch: bool = True
+        self,
+        monitor: str = "val_loss",
+        mode: Literal["min", "max"] = "min",
+        log_every_epoch: bool = True,
+        hparams: list[str] | None = None,
     ) -> None:
         """
         Args:
@@ -302,8 +306,11 @@ class RunHistory(pl.Callback):
             mode: Whether lower (min) or higher (max) is better; follows early_stopping.mode.
             log_every_epoch: Lower trainer.log_every_n_steps to the number of steps in an epoch where an epoch is
                 shorter, so that every epoch logs its step values.
+            hparams: The hyperparameters the HParams tab records, as config keys (data.batch_size, model.lr) or
+                their last part, beside the monitored metric's name; by default every model and data setting. A
+                study records the keys its grid varies.
         """
-        self.monitor, self.mode, self.log_every_epoch = monitor, mode, log_every_epoch
+        self.monitor, self.mode, self.log_every_epoch, self.hparam_keys = monitor, mode, log_every_epoch, hparams
         self.history: list[dict[str, float]] = []
         self.samples = 0
         self._loss_sum: Tensor | None = None
@@ -411,6 +418,10 @@ class RunHistory(pl.Callback):
             "max_epochs": trainer.max_epochs,
         }
         params = {key: value for key, value in params.items() if not key.startswith("_")}  # LightningCLI's own
+        if self.hparam_keys is not None:  # what varies, so the tab shows it first and nothing constant
+            names = {key.rsplit(".", 1)[-1] for key in self.hparam_keys}
+            params = {key: value for key, value in params.items() if key in names}
+        params["monitor"] = self.monitor
         best = self.best()
         metrics = {f"hp/{self.monitor}_best": best[0] if best else None, "hp/train_loss": self.last("train_loss")}
         metrics = {key: value for key, value in metrics.items() if value is not None}

@@ -51,8 +51,11 @@ from batchsize_lit.trainer_info import find_callback
 # Lightning's own batch flattening builds a torch LeafSpec, which torch>=2.10 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, "lightning")
 # Lightning advertises a cloud logger on every run; a line no user of this template can act on.
+# Its "`Trainer.fit` stopped: `max_epochs=N` reached." repeats the summary's own line on how the run ended.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda record: not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
+    lambda record: (
+        not str(record.msg).startswith(("💡 Tip: For seamless cloud logging", "`Trainer.fit` stopped: `max_epochs="))
+    )
 )
 
 
@@ -83,6 +86,10 @@ class HeldBack(logging.Filter):
         self.loggers, self.records = [], []
 
 
+DESCRIPTION = (
+    "Epochs against batch size, with early stopping: fit, validate, test or predict one run (a LightningCLI), or"
+    " run a grid of fits with `batchsize-lit study --config configs/study_seed.yaml`."
+)
 STUDY_HINT = "Grids of fits: batchsize-lit study --config configs/study_seed.yaml (see batchsize-lit study --help)."
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -130,7 +137,8 @@ class BatchSizeCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER, "max_epochs": 20})
         # No abbreviated keys: --trainer.max_epoch is a typo to name, not --trainer.max_epochs.
-        parser_kwargs = {"exit_on_error": False, "prog": "batchsize-lit", "epilog": STUDY_HINT, "allow_abbrev": False}
+        parser_kwargs = {"exit_on_error": False, "prog": "batchsize-lit", "epilog": STUDY_HINT, "allow_abbrev": False,
+                         "description": DESCRIPTION}  # fmt: skip
         kwargs.setdefault("parser_kwargs", parser_kwargs)
         # config.yaml is written by before_fit, for fit only: a callback would cost every training step a call.
         kwargs.setdefault("save_config_callback", None)

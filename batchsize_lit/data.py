@@ -4,6 +4,7 @@ import hashlib
 import math
 import os
 import warnings
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -32,13 +33,15 @@ class InMemoryDataset(Dataset):
 
 
 class EpochShuffleSampler(RandomSampler):
-    """A permutation of the dataset that depends only on (seed, epoch), so a resumed run sees the same order.
+    """A permutation of the dataset that depends only on (seed, epoch), so a resumed run sees the same order; with
+    ``replacement``, as many indices drawn with replacement, from the same seeded generator.
 
-    It subclasses RandomSampler so that Lightning knows the loader shuffles and shuffles its DistributedSampler too.
+    It subclasses RandomSampler so that Lightning knows the loader shuffles and shuffles its DistributedSampler too
+    (a DistributedSampler draws without replacement: under DDP the epochs are shuffled whatever this says).
     """
 
-    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
-        super().__init__(data_source)
+    def __init__(self, data_source: Dataset, seed: int = 0, replacement: bool = False) -> None:
+        super().__init__(data_source, replacement=replacement)
         self.seed = seed
         self.epoch = 0
 
@@ -50,6 +53,8 @@ class EpochShuffleSampler(RandomSampler):
         # a seed study were shifted copies of each other. (torch keeps only 32 bits of a CPU generator's seed.)
         key = hashlib.blake2b(f"{self.seed}:{self.epoch}".encode(), digest_size=4).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(key, "little"))
+        if self.replacement:
+            return torch.randint(len(self.data_source), (len(self.data_source),), generator=generator)
         return torch.randperm(len(self.data_source), generator=generator)
 
     def __iter__(self):
@@ -125,6 +130,7 @@ class RegressionDataModule(pl.LightningDataModule):
         test_fraction: float = 0.1,
         seed: int = 1234,
         num_workers: int = 0,
+        sampling: Literal["epochs", "replacement"] = "epochs",
     ) -> None:
         """
         Args:
@@ -139,6 +145,9 @@ class RegressionDataModule(pl.LightningDataModule):
             test_fraction: Share of the points held out for testing, in [0, 1).
             seed: Seed of the data and of the split (not of the training order).
             num_workers: DataLoader worker processes; 0 keeps the tensors in this process, which is fastest.
+            sampling: epochs, each training example once an epoch in a shuffled order; replacement, each batch
+                drawn with replacement (as many draws an epoch as examples), as the gradient noise scale's theory
+                assumes (McCandlish et al. 2018).
         """
         super().__init__()
         _check(isinstance(batch_size, int) and batch_size > 0, "batch_size", batch_size, "must be a positive integer")
@@ -154,6 +163,7 @@ class RegressionDataModule(pl.LightningDataModule):
             f"plus test_fraction={test_fraction} must be < 1",
         )
         _check(num_workers >= 0, "num_workers", num_workers, "must be >= 0")
+        _check(sampling in ("epochs", "replacement"), "sampling", sampling, "must be epochs or replacement")
         self.save_hyperparameters()
         self.n_val = round(n_samples * val_fraction)
         self.n_test = round(n_samples * test_fraction)
@@ -273,7 +283,8 @@ class RegressionDataModule(pl.LightningDataModule):
     def _loader(self, dataset: InMemoryDataset, shuffle: bool) -> DataLoader:
         # seed_everything sets PL_GLOBAL_SEED; Lightning seeds its DistributedSampler from it in the same way.
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        sampler = EpochShuffleSampler(dataset, seed=seed) if shuffle else SequentialSampler(dataset)
+        replacement = self.hparams.sampling == "replacement"
+        sampler = EpochShuffleSampler(dataset, seed, replacement) if shuffle else SequentialSampler(dataset)
         batch_sampler = TensorBatchSampler(sampler, self.hparams.batch_size, device=self.device)
         return InMemoryLoader(
             dataset,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 from torch.utils.data import DataLoader, Subset
 
-from batchsize_lit.callbacks import RunHistory
+from batchsize_lit.callbacks import EarlyStopping, RunHistory, never_logged
 from batchsize_lit.errors import BadInput, one_line
 from batchsize_lit.outputs import accumulation_scale, batch_samples
 from batchsize_lit.problem import has_loss, reference_facts
@@ -423,74 +423,111 @@ def _flat_grad(module: torch.nn.Module) -> Tensor:
 
 
 class StepsToTarget(pl.Callback):
-    """Records the first optimizer step, and samples seen, from which a monitored metric stays at its target.
+    """Records the first optimizer step, and samples seen, from which a monitored metric stays at each target.
 
-    The target is ``target``, or else (1 + tolerance) × (for mode max, (1 − tolerance) ×) the reference fact
-    ``<monitor>_at_optimum`` that the problem provides (see batchsize_lit.problem). The metric is checked after
-    each validation; with ``every_n_steps`` the model's ``loss(batch)`` over the whole validation data stands for
-    it every that many steps instead. If a GradientNoiseScale callback runs, B_simple is measured when training
-    ends, at the weights of the step from which the target held. With ``stop`` the run ends once the target has
-    held for ``hold`` checks.
+    A target is a value from ``target``, or else (1 + tolerance) × (for mode max, (1 − tolerance) ×) the reference
+    fact ``<monitor>_at_optimum`` that the problem provides (see batchsize_lit.problem); either may be a list, for
+    several targets in one run. A target counts as reached only once it has held for ``hold`` consecutive checks;
+    one still within its hold when training ends is not reached. The metric is checked after each validation; with
+    ``every_n_steps`` the model's ``loss(batch)`` over the whole validation data stands for it every that many steps
+    instead. If a GradientNoiseScale callback runs, B_simple and B_noise are measured when training ends, at the
+    weights of the step from which each target held (a copy of the weights is kept per target). With ``stop`` the
+    run ends once the hardest target has held for ``hold`` checks.
     """
 
     def __init__(
         self,
-        monitor: str = "val_loss",
-        mode: Literal["min", "max"] = "min",
-        target: float | None = None,
-        tolerance: float = 0.05,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] | None = None,
+        target: float | list[float] | None = None,
+        tolerance: float | list[float] = 0.05,
         every_n_steps: int | None = None,
         stop: bool = True,
         hold: int = 20,
     ) -> None:
         """
         Args:
-            monitor: Logged metric that must reach the target, e.g. val_loss or val_acc.
-            mode: min, reached at or under the target; max, at or over it.
-            target: The value to reach; by default from the problem's ``<monitor>_at_optimum`` and tolerance.
-            tolerance: Relative margin around ``<monitor>_at_optimum`` that counts as reached.
+            monitor: Logged metric that must reach the target, e.g. val_loss or val_acc; by default early
+                stopping's monitor (else val_loss).
+            mode: min, reached at or under the target; max, at or over it; by default early stopping's mode.
+            target: The value to reach, or a list of them; by default from the problem's ``<monitor>_at_optimum``
+                and tolerance.
+            tolerance: Relative margin around ``<monitor>_at_optimum`` that counts as reached, or a list of them.
             every_n_steps: Evaluate the model's loss(batch) on the validation data every this many steps, in place
                 of the logged monitor (a loss monitor only).
-            stop: End training once the target has held for ``hold`` consecutive checks.
-            hold: Consecutive checks at the target before stopping.
+            stop: End training once the hardest target has held for ``hold`` consecutive checks.
+            hold: Consecutive checks at a target before it counts as reached (and, with stop, before stopping).
         """
         self.monitor, self.mode, self.target, self.tolerance = monitor, mode, target, tolerance
         self.every_n_steps, self.stop, self.hold = every_n_steps, stop, hold
-        self.reached_step: int | None = None
-        self.reached_samples: int | None = None
-        self.b_simple_at_target: float | None = None
-        self._held = 0
+        self.targets: list[float] = []
+        self.results: list[dict[str, Any]] = []  # per target, easiest first: target, steps, samples, b_simple, b_noise
+        self._held: list[int] = []
+        self._weights: list[dict[str, Tensor] | None] = []
         self._val: Any = None
-        self._reached_weights: dict[str, Tensor] | None = None
+        self._seen_monitor = False
+
+    @property
+    def reached_step(self) -> int | None:
+        """The step from which the hardest target held (None if it was not reached)."""
+        return self.results[-1]["steps"] if self.results else None
+
+    @property
+    def reached_samples(self) -> int | None:
+        return self.results[-1]["samples"] if self.results else None
+
+    @property
+    def b_simple_at_target(self) -> float | None:
+        return self.results[-1]["b_simple"] if self.results else None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        stopping = find_callback(trainer, EarlyStopping)
+        if self.monitor is None:  # the run's one monitored metric, as the history and checkpoint follow it
+            self.monitor = stopping.monitor if stopping is not None else "val_loss"
+        if self.mode is None:
+            self.mode = stopping.mode if stopping is not None and stopping.monitor == self.monitor else "min"
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.target is None:
-            reference = reference_facts(trainer.datamodule, pl_module).get(f"{self.monitor}_at_optimum")
-            if reference is None:
-                raise BadInput(
-                    f"StepsToTarget(monitor={self.monitor!r}) needs a target: this problem gives no "
-                    f"{self.monitor}_at_optimum"
-                )
-            self.target = reference * (1 + self.tolerance if self.mode == "min" else 1 - self.tolerance)
+        self.targets = self._resolve_targets(trainer, pl_module)
+        empty = dict.fromkeys(["steps", "samples", "b_simple", "b_simple_finite", "b_noise"])
+        self.results = [{"target": t, **empty} for t in self.targets]
+        self._held, self._weights = [0] * len(self.targets), [None] * len(self.targets)
         if self.every_n_steps:
             if not has_loss(pl_module):
                 raise BadInput("StepsToTarget.every_n_steps needs a model with a loss(batch) method")
             source = trainer.datamodule if trainer.datamodule is not None else pl_module
             self._val = _map_tensors(lambda t: t.to(pl_module.device), _concatenate(list(source.val_dataloader())))
 
-    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, value: float) -> None:
-        if value <= self.target if self.mode == "min" else value >= self.target:
-            if self.reached_step is None:
-                history = find_callback(trainer, RunHistory)
-                self.reached_step, self.reached_samples = trainer.global_step, history.samples if history else None
-                # B_simple is measured once the run ends, at these weights: the target can be reached many times.
-                self._reached_weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-            self._held += 1
-            if self.stop and self._held >= self.hold:
-                trainer.should_stop = True
+    def _resolve_targets(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[float]:
+        """The targets as values, easiest first (for mode min the largest)."""
+        if self.target is not None:
+            values = list(self.target) if isinstance(self.target, list | tuple) else [self.target]
         else:
-            self.reached_step = self.reached_samples = self._reached_weights = None  # it must stay reached
-            self._held = 0
+            reference = reference_facts(trainer.datamodule, pl_module).get(f"{self.monitor}_at_optimum")
+            if reference is None:
+                raise BadInput(
+                    f"StepsToTarget(monitor={self.monitor!r}) needs a target: this problem gives no "
+                    f"{self.monitor}_at_optimum"
+                )
+            tolerances = self.tolerance if isinstance(self.tolerance, list | tuple) else [self.tolerance]
+            values = [reference * (1 + t if self.mode == "min" else 1 - t) for t in tolerances]
+        return sorted(set(values), reverse=self.mode == "min")
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, value: float) -> None:
+        history = None
+        for index, (target, result) in enumerate(zip(self.targets, self.results, strict=True)):
+            if value <= target if self.mode == "min" else value >= target:
+                if result["steps"] is None:
+                    history = history or find_callback(trainer, RunHistory)
+                    result["steps"], result["samples"] = trainer.global_step, history.samples if history else None
+                    # Measured once the run ends, at these weights: the target can be reached many times.
+                    self._weights[index] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+                self._held[index] += 1
+            else:  # it must stay reached
+                result["steps"] = result["samples"] = self._weights[index] = None
+                self._held[index] = 0
+        if self.stop and self._held and self._held[-1] >= self.hold:
+            trainer.should_stop = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._val is not None and trainer.global_step % self.every_n_steps == 0:
@@ -498,24 +535,50 @@ class StepsToTarget(pl.Callback):
                 self._check(trainer, pl_module, float(pl_module.loss(self._val)))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._val is not None or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
         value = trainer.callback_metrics.get(self.monitor)
-        if self._val is None and value is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._check(trainer, pl_module, float(value))
+        if value is None:  # never silently watch a metric that is not logged
+            raise BadInput(never_logged("StepsToTarget.monitor", self.monitor, trainer))
+        self._check(trainer, pl_module, float(value))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for index, result in enumerate(self.results):
+            if self._held[index] < self.hold:  # training ended within the hold: not reached
+                result["steps"] = result["samples"] = self._weights[index] = None
         gns = find_callback(trainer, GradientNoiseScale)
-        if self._reached_weights is not None and gns is not None and gns.method == "per_example":
-            current = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-            pl_module.load_state_dict(self._reached_weights)
-            self.b_simple_at_target = gns.measure(trainer, pl_module).get("b_simple")
-            pl_module.load_state_dict(current)
+        if gns is None or gns.method != "per_example" or not any(self._weights):
+            return
+        current = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        for result, weights in zip(self.results, self._weights, strict=True):
+            if weights is not None:
+                pl_module.load_state_dict(weights)
+                measured = gns.measure(trainer, pl_module)
+                result.update({key: measured.get(key) for key in ("b_simple", "b_simple_finite", "b_noise")})
+        pl_module.load_state_dict(current)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = {f"target/{self.monitor}": self.target}
-        if self.reached_step is not None:
-            metrics.update({"target/steps": self.reached_step, "target/samples": self.reached_samples})
+        metrics: dict[str, float | None] = {}
+        for index, result in enumerate(self.results):
+            suffix = f"_{index + 1}" if len(self.results) > 1 else ""
+            metrics[f"target/{self.monitor}{suffix}"] = result["target"]
+            metrics.update({f"target/steps{suffix}": result["steps"], f"target/samples{suffix}": result["samples"]})
         for logger in trainer.loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=trainer.global_step)
+
+    def columns(self) -> dict[str, Any]:
+        """The results.csv columns: target, steps_to_target, samples_to_target, b_simple_at_target,
+        b_simple_finite_at_target and b_noise_at_target for the hardest target; with several targets, the same for
+        each, numbered easiest first (``target_1``, ``steps_to_target_1``, ...)."""
+        names = {"steps": "steps_to_target", "samples": "samples_to_target", "b_simple": "b_simple_at_target",
+                 "b_simple_finite": "b_simple_finite_at_target", "b_noise": "b_noise_at_target"}  # fmt: skip
+        row: dict[str, Any] = {"target": self.results[-1]["target"] if self.results else None}
+        row.update({name: self.results[-1][key] if self.results else None for key, name in names.items()})
+        if len(self.results) > 1:
+            for index, result in enumerate(self.results, 1):
+                row[f"target_{index}"] = result["target"]
+                row.update({f"{name}_{index}": result[key] for key, name in names.items()})
+        return row
 
 
 def fit_critical_batch(batch_sizes: list[float], steps: list[float]) -> dict[str, float]:
@@ -532,21 +595,25 @@ def fit_critical_batch(batch_sizes: list[float], steps: list[float]) -> dict[str
     return {"b_crit": b_crit, "s_min": s_min, "e_min": s_min * b_crit}
 
 
-def critical_batch(rows: list[dict[str, Any]], resamples: int = 1000) -> dict[str, Any] | None:
+def critical_batch(rows: list[dict[str, Any]], resamples: int = 1000, suffix: str = "") -> dict[str, Any] | None:
     """Steps to target against batch size, at each batch size's best lr, and the fit of S = S_min·(1 + B_crit/B).
 
-    For each (batch size, lr) the steps are averaged over seeds, counting only settings where every seed reached
-    the target; the best lr is the one with the fewest mean steps. The spread of B_crit is a bootstrap over seeds:
-    each of ``resamples`` replicates draws every setting's seeds with replacement and fits again. Where the runs
-    measured B_simple when they reached the target, its median and quartiles over the chosen runs stand beside B_crit,
-    as McCandlish et al. (2018) predict B_crit ≈ B_noise, for which B_simple stands in. Returns None with fewer
-    than 3 batch sizes.
+    For each (batch size, lr) the steps are averaged over seeds, counting only settings where every seed ran to the
+    end (status ok) and reached the target: a seed that diverged or failed disqualifies its setting. The best lr is
+    the one with the fewest mean steps. The spread of B_crit is a bootstrap over seeds: each of ``resamples``
+    replicates draws every setting's seeds with replacement and fits again. Where the runs measured B_simple (and
+    B_noise) when they reached the target, their median and quartiles over the chosen runs stand beside B_crit, as
+    McCandlish et al. (2018) predict B_crit ≈ B_noise. ``suffix`` picks one target of several (``"_2"`` reads
+    steps_to_target_2 and so on). Returns None with fewer than 3 batch sizes.
     """
+    steps_key, samples_key = f"steps_to_target{suffix}", f"samples_to_target{suffix}"
     runs: dict[tuple[float, float], list[dict[str, Any]]] = {}
     for row in rows:
-        if row.get("status") == "ok" and row.get("global_batch_size"):
-            runs.setdefault((row["global_batch_size"], row["lr_effective"]), []).append(row)
-    runs = {key: members for key, members in runs.items() if all(r.get("steps_to_target") is not None for r in members)}
+        if row.get("global_batch_size"):
+            member = {**row, "steps_to_target": row.get(steps_key), "samples_to_target": row.get(samples_key)}
+            runs.setdefault((row["global_batch_size"], row["lr_effective"]), []).append(member)
+    runs = {key: members for key, members in runs.items()
+            if all(r.get("status") == "ok" and r["steps_to_target"] is not None for r in members)}  # fmt: skip
     points = _best_per_batch(runs)
     if len(points) < 3:
         return None
@@ -560,13 +627,30 @@ def critical_batch(rows: list[dict[str, Any]], resamples: int = 1000) -> dict[st
     b_crits = sorted(d["b_crit"] for d in draws)
     fit["b_crit_low"], fit["b_crit_high"] = b_crits[int(0.025 * resamples)], b_crits[int(0.975 * resamples) - 1]
     chosen = [row for p in points for row in runs[(p["batch_size"], p["lr"])]]
-    b_simple = [row["b_simple_at_target"] for row in chosen if row.get("b_simple_at_target") is not None]
-    if b_simple:  # heavy-tailed: |G|² can come close to 0 near the target, so the median and quartiles
-        fit["b_simple"] = statistics.median(b_simple)
-        quartiles = statistics.quantiles(b_simple, n=4) if len(b_simple) > 1 else [b_simple[0]] * 3
-        fit["b_simple_q1"], fit["b_simple_q3"] = quartiles[0], quartiles[2]
+    for name in ("b_simple", "b_simple_finite", "b_noise"):
+        # heavy-tailed: |G|² can come close to 0 near the target, so the median and quartiles
+        values = [row[f"{name}_at_target{suffix}"] for row in chosen if row.get(f"{name}_at_target{suffix}")]
+        if name == "b_noise" and not values and not suffix:  # results from before b_noise_at_target was a column
+            values = [row["b_noise"] for row in chosen if row.get("b_noise") and row.get("b_simple_at_target")]
+        if values:
+            quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+            fit[name], fit[f"{name}_q1"], fit[f"{name}_q3"] = statistics.median(values), quartiles[0], quartiles[2]
+    if "b_simple" in fit:
         fit["ratio"] = fit["b_crit"] / fit["b_simple"]
     return {"points": points, "fit": fit}
+
+
+def critical_batch_by_target(rows: list[dict[str, Any]], resamples: int = 1000) -> list[dict[str, Any]]:
+    """critical_batch for every target the rows record (one, or target_1, target_2, ...), each with its target."""
+    count = max((int(key.rsplit("_", 1)[1]) for row in rows for key in row
+                 if key.startswith("target_") and key.rsplit("_", 1)[1].isdigit()), default=0)  # fmt: skip
+    results = []
+    for suffix in [f"_{index}" for index in range(1, count + 1)] or [""]:
+        found = critical_batch(rows, resamples, suffix)
+        if found:
+            target = next((row.get(f"target{suffix}") for row in rows if row.get(f"target{suffix}") is not None), None)
+            results.append({"target": target, "suffix": suffix, **found})
+    return results
 
 
 def _best_per_batch(runs: dict[tuple[float, float], list[dict[str, Any]]]) -> list[dict[str, Any]]:

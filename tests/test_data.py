@@ -112,6 +112,19 @@ def test_facts_match_numpy_least_squares():
     assert facts["lr_max_stable"] == pytest.approx(2 / np.linalg.eigvalsh(hessian).max())
 
 
+def test_sampling_with_replacement_draws_each_batch_from_the_whole_split():
+    """An epoch of 800 draws with replacement repeats examples (about 1 − 1/e of them are seen), the same for the
+    same seed and epoch, another order the next epoch; shuffled epochs see each example once."""
+    dm = make(batch_size=800, sampling="replacement")
+    loader = dm.train_dataloader()
+    first = next(iter(loader))[0].squeeze(1)
+    assert len(first) == 800 and 0.55 < len(first.unique()) / 800 < 0.72
+    assert torch.equal(first, next(iter(dm.train_dataloader()))[0].squeeze(1))
+    loader.batch_sampler.sampler.set_epoch(1)
+    assert not torch.equal(first, next(iter(loader))[0].squeeze(1))
+    assert len(next(iter(make(batch_size=800).train_dataloader()))[0].unique()) == 800
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -123,6 +136,7 @@ def test_facts_match_numpy_least_squares():
         ({"val_fraction": 0.5, "test_fraction": 0.5}, "data.val_fraction=0.5 plus test_fraction=0.5"),
         ({"n_samples": 2, "batch_size": 1}, "data.n_samples=2"),
         ({"noise_std": -0.1}, "data.noise_std=-0.1"),
+        ({"sampling": "bootstrap"}, "data.sampling='bootstrap' must be epochs or replacement"),
     ],
 )
 def test_bad_values_name_the_key(kwargs, message):

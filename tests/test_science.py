@@ -14,6 +14,7 @@ from batchsize_lit.science import (
     GradientNoiseScale,
     StepsToTarget,
     TwoBatchEstimator,
+    critical_batch,
     exact_noise_scale,
     fit_critical_batch,
 )
@@ -92,11 +93,8 @@ class FakeTrainer:
 )
 def test_steps_to_target_is_the_first_step_from_which_it_stays_reached(mode, values):
     target = 0.15 if mode == "min" else 0.95
-    tracker, trainer = StepsToTarget(monitor="val_acc", mode=mode, target=target, hold=2), FakeTrainer()
-    for step, value in enumerate(values):
-        trainer.global_step = step
-        tracker._check(trainer, torch.nn.Linear(1, 1), value)
-    assert tracker.reached_step == 3 and trainer.should_stop
+    tracker = _tracker_after(values, hold=2, monitor="val_acc", mode=mode, target=target)
+    assert tracker.reached_step == 3 and tracker.stopped
 
 
 @pytest.mark.parametrize("chunk_elements", [2, 7, 2**24])  # 1 and 3 examples a chunk, and the whole split at once
@@ -186,3 +184,64 @@ def test_critical_batch_study_reports_b_crit(workdir, capsys):
     out = capsys.readouterr().out
     assert "critical batch size B_crit = " in out
     assert (workdir / "lightning_logs/crit/steps_to_target.png").is_file()
+
+
+def _rows(steps: dict[tuple[int, float], list[int | None]], status: dict | None = None) -> list[dict]:
+    """results.csv rows for a critical-batch grid: {(batch, lr): [steps per seed]}; status {(batch, lr, seed): ...}."""
+    return [{"global_batch_size": batch, "lr_effective": lr, "seed": seed, "steps_to_target": s,
+             "samples_to_target": None if s is None else s * batch,
+             "status": (status or {}).get((batch, lr, seed), "ok")}
+            for (batch, lr), per_seed in steps.items() for seed, s in enumerate(per_seed)]  # fmt: skip
+
+
+def test_a_setting_where_a_seed_diverged_does_not_qualify():
+    """lr 0.4 at batch 64 is fastest on the seeds that finished, but its third seed diverged: lr 0.1 is the best."""
+    grid = {(8, 0.1): [100, 110, 105], (64, 0.1): [60, 62, 61], (64, 0.4): [30, 31, None], (512, 0.1): [50, 52, 51]}
+    critical = critical_batch(_rows(grid, {(64, 0.4, 2): "diverged"}), resamples=10)
+    chosen = {p["batch_size"]: (p["lr"], p["runs"]) for p in critical["points"]}
+    assert chosen[64] == (0.1, 3)
+
+
+def _tracker_after(values: list[float], hold: int, **kwargs) -> StepsToTarget:
+    """A StepsToTarget fed these checks, one a step, then told that training ended; ``stopped`` says if it asked."""
+    tracker, trainer = StepsToTarget(**{"monitor": "val_loss", "mode": "min", "hold": hold, **kwargs}), FakeTrainer()
+    tracker.on_train_start(trainer, torch.nn.Linear(1, 1))
+    for step, value in enumerate(values):
+        trainer.global_step = step
+        tracker._check(trainer, torch.nn.Linear(1, 1), value)
+    tracker.on_train_end(trainer, torch.nn.Linear(1, 1))
+    tracker.stopped = trainer.should_stop
+    return tracker
+
+
+def test_a_target_still_within_its_hold_when_training_ends_is_not_reached():
+    """Reached at the last 3 checks of the run, with a hold of 5: max_steps cut it short, it does not count."""
+    assert _tracker_after([0.5, 0.4, 0.1, 0.1, 0.1], hold=5, target=0.2).reached_step is None
+    assert _tracker_after([0.5, 0.1, 0.1, 0.1, 0.1, 0.1], hold=5, target=0.2).reached_step == 1
+
+
+def test_several_targets_are_recorded_in_one_run_easiest_first():
+    tracker = _tracker_after([0.9, 0.45, 0.3, 0.35, 0.2, 0.15, 0.1, 0.1], hold=2, target=[0.25, 0.5, 0.4])
+    assert tracker.targets == [0.5, 0.4, 0.25]
+    assert [r["steps"] for r in tracker.results] == [1, 2, 4]
+    columns = tracker.columns()
+    assert columns["steps_to_target"] == 4 and columns["target"] == 0.25
+    assert (columns["target_1"], columns["steps_to_target_1"], columns["steps_to_target_3"]) == (0.5, 1, 4)
+
+
+def test_steps_to_target_follows_early_stopping_and_names_a_metric_never_logged(workdir, capsys):
+    """Without its own monitor it watches early stopping's (val_acc, mode max, on digits); a monitor that is not
+    logged ends the fit in one line instead of never being reached."""
+    callback = '[{"class_path": "batchsize_lit.science.StepsToTarget", "init_args": {"target": [0.5, 0.8], "hold": 1}}]'
+    args = ["fit", "--config", str(CONFIGS / "digits.yaml"), *QUIET, "--trainer.max_epochs=2"]
+    main([*args, "--early_stopping.monitor=val_acc", "--early_stopping.mode=max", f"--trainer.callbacks={callback}"])
+    run = workdir / "lightning_logs/digits/version_0"
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    assert {"target/val_acc_1", "target/val_acc_2", "target/steps_1"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("target/val_acc_2")[0].value == pytest.approx(0.8)
+    bad = callback.replace('"hold": 1', '"hold": 1, "monitor": "val_accuracy"')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, f"--trainer.callbacks={bad}"])
+    line = str(exit_info.value.code)
+    assert line.startswith("error: StepsToTarget.monitor='val_accuracy' is never logged") and "\n" not in line

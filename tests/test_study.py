@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from batchsize_lit.study.grid import cell_name, expand
 
-from helpers import BASE, ROOT, read_csv, run, run_cli, write_study
+from helpers import BASE, ROOT, hparams, read_csv, run, run_cli, write_study
 
 
 def test_expand_is_the_product_in_grid_order():
@@ -59,7 +59,7 @@ def test_a_bad_study_command_is_named_in_one_line(workdir, args, text, message):
 
 
 def test_two_cell_study_end_to_end(workdir, capsys):
-    config = write_study(workdir, {"data.batch_size": [8, 64]})
+    config = write_study(workdir, {"data.batch_size": [8, 64], "model.lr": [0.1]})
     assert run("--config", str(config)) == 0
     out = capsys.readouterr().out
     assert "[1/2] bs8" in out and "[2/2] bs64" in out and "ETA" in out
@@ -73,7 +73,7 @@ def test_two_cell_study_end_to_end(workdir, capsys):
     assert [int(row["steps"]) for row in rows] == [3 * 20, 3 * 3]  # 160 training points: ceil(160 / batch) a epoch
     assert [int(row["samples"]) for row in rows] == [480, 480]
     assert all(row["status"] == "ok" and row["epochs_run"] == "3" for row in rows)
-    for png in ["train_loss_by_epoch.png", "train_loss_by_step_and_samples.png"]:
+    for png in ["train_loss_by_epoch.png", "train_loss_by_step_and_samples.png", "val_loss_by_epoch.png"]:
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for cell in ["bs8", "bs64"]:
         assert len(list((folder / cell).glob("events.out.tfevents.*"))) == 1  # fit and test share one event file
@@ -81,7 +81,8 @@ def test_two_cell_study_end_to_end(workdir, capsys):
         events.Reload()
         tags = events.Tags()["scalars"]
         assert "by_epoch/train_loss" in tags and "by_samples/val_loss" in tags
-        assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+        # The HParams tab records what the grid varies and the monitored metric, not the constant lr.
+        assert hparams(folder / cell) == {"batch_size": int(cell[2:]), "monitor": "val_loss"}
         train = [e.value for e in events.Scalars("by_epoch/train_loss")]
         row = next(r for r in rows if r["cell"] == cell)
         assert float(row["train_loss"]) == pytest.approx(train[-1], rel=1e-6)

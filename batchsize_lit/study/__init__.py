@@ -66,7 +66,8 @@ def run_study(
     if trial_index is not None and not 0 <= trial_index < len(cells):
         raise ValueError(f"trial_index={trial_index} is outside the grid's {len(cells)} cells (0 to {len(cells) - 1})")
     names = [cell_name(cell, grid) for cell in cells]
-    cell_args = {name: fit_args(base, cell, folder, name) for name, cell in zip(names, cells, strict=True)}
+    varying = [key for key, values in grid.items() if len(values) > 1]
+    cell_args = {name: fit_args(base, cell, folder, name, varying) for name, cell in zip(names, cells, strict=True)}
     if not report_only:
         if executor == "ray":
             require_ray()

@@ -35,9 +35,12 @@ def group_name(cell: dict[str, Any], grid: dict[str, list[Any]]) -> str:
     return cell_name(cell, grid, leave_out=(SEED_KEY,))
 
 
-def fit_args(base: dict[str, Any] | None, cell: dict[str, Any], folder: Path, name: str) -> list[str]:
-    """The fit command line of one cell: study defaults, the base config, the cell's values, its log folder."""
-    args = list(CELL_DEFAULTS)
+def fit_args(
+    base: dict[str, Any] | None, cell: dict[str, Any], folder: Path, name: str, varying: list[str] = ()
+) -> list[str]:
+    """The fit command line of one cell: study defaults, the base config, the cell's values, its log folder, and
+    the grid keys that vary, which the HParams tab records."""
+    args = list(CELL_DEFAULTS) + ([f"--history.hparams={json.dumps(list(varying))}"] if varying else [])
     if base:
         args += ["--config", yaml.safe_dump(base)]
     args += [f"--{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in cell.items()]

@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from batchsize_lit.science import critical_batch
+from batchsize_lit.science import critical_batch_by_target
 
 # The documented columns, in this order; whatever else a cell recorded (the model's logged metrics, the problem's
 # reference facts and report columns) follows them.
@@ -33,6 +33,7 @@ COLUMNS = [
     "steps_to_target",
     "samples_to_target",
     "b_simple_at_target",
+    "b_noise_at_target",
     "b_simple",
     "b_noise",
     "seconds",
@@ -42,6 +43,26 @@ SHOWN = (
     "cell batch_size max_epochs lr lr_effective seed epochs_run steps train_loss monitor_best test_loss weight bias"
     " status"
 )
+# critical_batch.csv: per target, the fit and the noise scales measured at that target (median and quartiles).
+CRITICAL_COLUMNS = [
+    "target",
+    "batch_sizes",
+    "b_crit",
+    "b_crit_low",
+    "b_crit_high",
+    "s_min",
+    "e_min",
+    "b_simple",
+    "b_simple_q1",
+    "b_simple_q3",
+    "b_simple_finite",
+    "b_simple_finite_q1",
+    "b_simple_finite_q3",
+    "b_noise",
+    "b_noise_q1",
+    "b_noise_q3",
+    "ratio",
+]
 
 
 def columns_of(rows: list[dict[str, Any]], settings: list[str] = ()) -> list[str]:
@@ -62,14 +83,14 @@ def write_csv(rows: list[dict[str, Any]], path: Path, settings: list[str] = ()) 
 
 def report(rows: list[dict[str, Any]], folder: Path, groups: dict[str, str], settings: list[str] = ()) -> None:
     """results.csv, the table, mean ± sd over seeds, the plots and, where steps to target were recorded, the
-    critical batch size. ``groups`` maps each cell to its name without the seed; ``settings`` are grid keys that
-    no documented column holds (a fork's ``model.hidden``), shown after the cell."""
-    from batchsize_lit.plots import plot_critical_batch, plot_curves  # matplotlib only when a report is made
+    critical batch size per target (critical_batch.csv). ``groups`` maps each cell to its name without the seed;
+    ``settings`` are grid keys that no documented column holds (a fork's ``model.hidden``), shown after the cell."""
+    from batchsize_lit.plots import plot_curves  # matplotlib only when a report is made
 
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(rows, folder / "results.csv", settings)
     monitor = next((row["monitor"] for row in rows if row.get("monitor")), None)
-    shown = ["cell", *settings, *SHOWN.split()[1:]]
+    shown = ["cell", *settings, *SHOWN.split()[1:-1], *logged_metrics(rows), "status"]
     if all(row.get("lr_effective") in (None, row.get("lr")) for row in rows):  # shown only where lr_scaling acted
         shown.remove("lr_effective")
     print(format_table(rows, [c for c in shown if any(row.get(c) is not None for row in rows)]))
@@ -78,40 +99,93 @@ def report(rows: list[dict[str, Any]], folder: Path, groups: dict[str, str], set
         by_group.setdefault(groups.get(row["cell"], row["cell"]), []).append(row)
     if any(len(members) > 1 for members in by_group.values()):
         print("\nMean ± sd over seeds:")
-        keys = [
-            key
-            for key in ("epochs_run", "train_loss", "monitor_best", "test_loss")
-            if any(r.get(key) is not None for r in rows)
-        ]
+        keys = ["epochs_run", "train_loss", "monitor_best", "test_loss", *logged_metrics(rows)]
+        keys = [key for key in dict.fromkeys(keys) if any(r.get(key) is not None for r in rows)]
         print(format_table(summarize(by_group, keys), ["cell", "runs", *keys]))
     if monitor:
         print(f"monitor_best is the best {monitor} of each run")
-    curves = [{"name": name, "histories": [r["history"] for r in members if r.get("history")]}
-              for name, members in by_group.items()]  # fmt: skip
     floors = {row["noise_floor"] for row in rows if row.get("noise_floor") is not None}
-    paths = plot_curves(curves, folder, floors.pop() if len(floors) == 1 else None)
-    critical = critical_batch(rows)
-    if critical:
-        # The fit is over the global batch size and the rate in use, whatever devices, accumulation or lr_scaling.
-        points = [{"global_batch_size": p["batch_size"], "lr_effective": p["lr"], **p} for p in critical["points"]]
-        print(
-            format_table(points, ["global_batch_size", "lr_effective", "runs", "steps_to_target", "samples_to_target"])
-        )
-        fit = critical["fit"]
-        print(
-            f"critical batch size B_crit = {fit['b_crit']:.3g} (95% bootstrap over seeds {fit['b_crit_low']:.3g} to"
-            f" {fit['b_crit_high']:.3g}); S_min = {fit['s_min']:.4g} steps; E_min = {fit['e_min']:.4g} samples"
-            " (S = S_min·(1 + B_crit/B), best lr per batch size)"
-        )
-        if "b_simple" in fit:
-            print(
-                f"gradient noise scale at the target B_simple = {fit['b_simple']:.3g} (median of those runs; quartiles"
-                f" {fit['b_simple_q1']:.3g} to {fit['b_simple_q3']:.3g}); B_crit / B_simple = {fit['ratio']:.3g}"
-            )
-        paths.append(plot_critical_batch(critical, folder))
+    paths = plot_curves(curves_of(by_group, monitor), folder, floors.pop() if len(floors) == 1 else None, monitor)
+    paths += report_critical_batch(rows, folder, monitor)
     for path in paths:
         print(f"plot: {path}")
     print(f"results: {folder / 'results.csv'}\ntensorboard --logdir {folder}")
+
+
+def logged_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    """The validation and test metrics the model logged beyond the losses (val_acc, test_acc), for the table."""
+    names = [key for row in rows for key in row if key.startswith(("val_", "test_")) and "_at_" not in key]
+    return [name for name in dict.fromkeys(names) if name not in ("val_loss", "test_loss")]
+
+
+def curves_of(by_group: dict[str, list[dict[str, Any]]], monitor: str | None) -> list[dict[str, Any]]:
+    """The plots' curves: each setting's histories, its batch size, lr and max_epochs, and a score (lower is
+    better: the mean steps to target where every seed reached it, else the mean best monitored value)."""
+    curves = []
+    for name, members in by_group.items():
+        first = members[0]
+        steps = [r.get("steps_to_target") for r in members]
+        best = [r.get("monitor_best") for r in members if r.get("monitor_best") is not None]
+        if "steps_to_target" in first:
+            score = statistics.fmean(steps) if None not in steps else math.inf
+        else:
+            sign = -1 if monitor and monitor.endswith(("acc", "accuracy")) else 1  # a max-mode monitor
+            score = sign * statistics.fmean(best) if best else math.inf
+        curves.append({"name": name, "histories": [r["history"] for r in members if r.get("history")],
+                       "batch_size": first.get("global_batch_size") or first.get("batch_size"),
+                       "lr": first.get("lr_effective") or first.get("lr") or 0.0,
+                       "max_epochs": first.get("max_epochs"), "score": score})  # fmt: skip
+    return curves
+
+
+def report_critical_batch(rows: list[dict[str, Any]], folder: Path, monitor: str | None) -> list[Path]:
+    """For each target: the best lr per batch size, B_crit with its interval, S_min, E_min and the noise scales
+    at the target, printed and written to critical_batch.csv; the fit's plot for the hardest target and, with
+    several targets, B_crit, B_simple and B_noise against the target."""
+    from batchsize_lit.plots import plot_critical_batch, plot_critical_by_target
+
+    criticals = critical_batch_by_target(rows)
+    if not criticals:
+        return []
+    for critical in criticals:
+        # The fit is over the global batch size and the rate in use, whatever devices, accumulation or lr_scaling.
+        points = [{"global_batch_size": p["batch_size"], "lr_effective": p["lr"], **p} for p in critical["points"]]
+        target = critical["target"]
+        print(f"\ntarget {monitor} {target:.4g}:" if isinstance(target, float) else "")
+        columns = ["global_batch_size", "lr_effective", "runs", "steps_to_target", "samples_to_target"]
+        print(format_table(points, columns))
+        print(critical_line(critical["fit"]))
+    write_critical_csv(criticals, folder / "critical_batch.csv")
+    paths = [plot_critical_batch(criticals[-1], folder)]
+    if len(criticals) > 1:
+        paths.append(plot_critical_by_target(criticals, folder, monitor))
+    print(f"critical batch per target: {folder / 'critical_batch.csv'}")
+    return paths
+
+
+def critical_line(fit: dict[str, float]) -> str:
+    """B_crit with its interval, S_min and E_min, and the noise scales at the target, in words."""
+    line = (
+        f"critical batch size B_crit = {fit['b_crit']:.3g} (95% bootstrap over seeds {fit['b_crit_low']:.3g} to"
+        f" {fit['b_crit_high']:.3g}); S_min = {fit['s_min']:.4g} steps; E_min = {fit['e_min']:.4g} samples"
+        " (S = S_min·(1 + B_crit/B), best lr per batch size)"
+    )
+    for name, label in (("b_simple", "B_simple"), ("b_noise", "B_noise")):
+        if name in fit:
+            line += (
+                f"\n{label} at the target = {fit[name]:.3g} (median of those runs; quartiles {fit[name + '_q1']:.3g}"
+                f" to {fit[name + '_q3']:.3g}); B_crit / {label} = {fit['b_crit'] / fit[name]:.3g}"
+            )
+    return line
+
+
+def write_critical_csv(criticals: list[dict[str, Any]], path: Path) -> None:
+    """critical_batch.csv: one row per target (CRITICAL_COLUMNS)."""
+    rows = [{"target": c["target"], "batch_sizes": len(c["points"]), **c["fit"]} for c in criticals]
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, CRITICAL_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def summarize(groups: dict[str, list[dict[str, Any]]], keys: list[str]) -> list[dict[str, Any]]:

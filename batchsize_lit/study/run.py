@@ -267,8 +267,7 @@ def result_row(cli: BatchSizeCLI, cell: str, status: str, seconds: float, metric
     if status == "ok":
         row.update(run_report(facts, model, cli.datamodule).columns)
     if target is not None:
-        row.update(steps_to_target=target.reached_step, samples_to_target=target.reached_samples)
-        row["b_simple_at_target"] = target.b_simple_at_target
+        row.update(target.columns())
     if noise is not None:
         row.update(gns_method=noise.method, b_simple=noise.last.get("b_simple"), b_noise=noise.last.get("b_noise"))
     row.update(seconds=round(seconds, 3), status=status)
