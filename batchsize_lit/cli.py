@@ -46,6 +46,7 @@ from batchsize_lit.errors import (
 )
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.progress import ThrottledProgressBar
+from batchsize_lit.signals import Terminated
 from batchsize_lit.trainer_info import find_callback
 
 # Lightning's own batch flattening builds a torch LeafSpec, which torch>=2.10 deprecates; nothing a user can act on.
@@ -149,6 +150,11 @@ class BatchSizeCLI(LightningCLI):
                 raise
             folder = f"; the run folder {self.log_dir} is kept" if self.log_dir else ""
             raise RuntimeError(f"{self.subcommand} failed at step {trainer.global_step}{folder}") from error
+        except Terminated:  # SIGTERM before a fit trained anything (see signals.py): nothing in the run to keep
+            trainer = getattr(self, "trainer", None)
+            if trainer is None or trainer.global_step == 0:
+                self.remove_new_run()
+            raise
         finally:
             self._notices.release(emit=False)  # if they were not printed yet, nothing was built
 

@@ -14,6 +14,9 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from batchsize_lit.signals import SIGTERM_STATUS, WATCH, Terminated
 
 
 class Diverged(RuntimeError):
@@ -42,12 +45,18 @@ def run_or_exit(command: Callable[[], int | None]) -> None:
     """
     debug = debug_requested()
     try:
-        status = command()
+        with WATCH.installed():
+            status = command()
     except USER_ERRORS as error:
         if debug:
             raise
         prefix = "training diverged: " if isinstance(error, Diverged) else ""
         sys.exit(f"error: {prefix}{one_line(error)}")
+    except SIGTERMException:  # a fit stopped by SIGTERM has printed where it stopped; Lightning's exit would be 0
+        sys.exit(SIGTERM_STATUS)
+    except Terminated as stopped:
+        print(f"terminated: {str(stopped) or 'stopped by SIGTERM before training started; nothing to resume'}", file=sys.stderr)
+        sys.exit(SIGTERM_STATUS)
     except KeyboardInterrupt as interrupt:  # Ctrl-C where no fit handles it: parsing, or a study across its cells
         if debug:
             raise
