@@ -98,18 +98,19 @@ def start_study(config: Path, jobs: str, cwd: Path) -> subprocess.Popen:
     return start(["study", "--config", str(config), "--jobs", jobs], cwd)
 
 
-@pytest.mark.parametrize("jobs", ["1", pytest.param("2", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", ["1", "2"])
 def test_sigterm_stops_a_study_and_the_same_command_finishes_it(tmp_path, jobs):
     base = {"trainer": {"accelerator": "cpu", "max_epochs": 3, "log_every_n_steps": 500}}
-    base |= {"data": {"n_samples": 30000}, "early_stopping": {"patience": None}}
-    grid = {"data.batch_size": [512, 16, 256]}
+    base |= {"data": {"n_samples": 20000}, "early_stopping": {"patience": None}}
+    grid = {"data.batch_size": [512, 8, 256]}
     config = write_study(tmp_path, grid, base=base)
     clean = tmp_path / "clean"
     clean.mkdir()
     process = start_study(config, jobs, tmp_path)
     first = process.stdout.readline()  # the first finished cell
     assert first.startswith("[1/3] "), first
-    time.sleep(1.0)  # into the batch-16 cell
+    time.sleep(1.0)  # into the batch-8 cell
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
