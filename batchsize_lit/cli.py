@@ -46,6 +46,7 @@ from batchsize_lit.errors import (
 )
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.progress import ThrottledProgressBar
+from batchsize_lit.rejections import rejected_setting
 from batchsize_lit.signals import Terminated
 from batchsize_lit.trainer_info import find_callback
 
@@ -139,7 +140,13 @@ class BatchSizeCLI(LightningCLI):
         self._notices = HeldBack("lightning.fabric.utilities.seed")
         try:
             super().__init__(args=args, run=run, **kwargs)
-        except BAD_INPUT as error:
+        except Exception as error:
+            problem = rejected_setting(self, error)  # bad input that came as a plain exception: see rejections.py
+            if problem is not None:
+                self.remove_new_run()
+                raise problem from None
+            if not isinstance(error, BAD_INPUT):
+                raise
             # Bad input: what parsing, the classes' __init__ checks and the template's own checks reject; anything
             # else that a running fit, validate, test or predict raises is a fault, a ValueError in a model's
             # training_step included, and keeps its traceback.

@@ -182,6 +182,8 @@ class RegressionDataModule(pl.LightningDataModule):
             f"plus test_fraction={test_fraction} must be < 1",
         )
         _check(num_workers >= 0, "num_workers", num_workers, "must be >= 0")
+        memory = physical_memory()  # x, y, the noise and the split's indices: about 24 bytes a point
+        _check(memory is None or n_samples * 24 < memory, "n_samples", n_samples, f"needs more than {memory} bytes")
         self.save_hyperparameters()
         self.n_val = round(n_samples * val_fraction)
         self.n_test = round(n_samples * test_fraction)
@@ -322,6 +324,14 @@ class RegressionDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set if self.n_test else self.val_set, shuffle=False)
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the system tells it."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _check(ok: bool, key: str, value: object, rule: str) -> None:
