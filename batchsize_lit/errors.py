@@ -86,7 +86,7 @@ def one_line(error: BaseException) -> str:
         r" - Expected a <class 'NoneType'>",
         text,
     )
-    if not union:
+    if not union or ("class_path" not in text and "Namespace" not in text):  # a Union of plain types: str, Path
         return _plain_union(text)
     group, inner = union.group(1) or "", union.group(2)
     class_path = re.match(r"Problem with given class_path '([\w.]+)': (.*)", inner)
@@ -99,6 +99,9 @@ def one_line(error: BaseException) -> str:
             inner = f"unknown key {group}.{unknown.group(1)}{did_you_mean(unknown.group(1), known)}"
         elif not inner.startswith("Parser key"):  # the class cannot be imported
             inner = f"{group or 'class_path'}={class_path.group(1)!r}: {inner}"
+    if "NoneType" in inner and not inner.startswith(("Parser key", "unknown key")):
+        base = "data" if "LightningDataModule" in text else "model" if "LightningModule" in text else "class"
+        inner = _null_init_arg(group or base, text, inner)
     subclass = re.match(r"Import path does not correspond to a subclass of (\w+)", inner)
     value = re.search(r"Given value: (\S+)$", text)
     if subclass and value:
@@ -108,6 +111,21 @@ def one_line(error: BaseException) -> str:
         base = not_a_class.group(1) or {"model": "LightningModule", "data": "LightningDataModule"}.get(group, "class")
         inner = f"{group or 'class_path'}={value.group(1)!r}: expected the import path of a {base}, package.module.Name"
     return inner
+
+
+def _null_init_arg(group: str, text: str, inner: str) -> str:
+    """A class given null for an argument that has no null default fails inside its __init__ on None, in words
+    that name no key: the key is named, from the given init_args that are None."""
+    given = re.search(r"Given value: Namespace\(class_path='([\w.]+)', init_args=Namespace\((.*)\)\)", text)
+    if not given:
+        return inner
+    try:
+        parameters = inspect.signature(import_class(given.group(1))).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return inner
+    nulls = [key for key in re.findall(r"(\w+)=None\b", given.group(2)) if key in parameters]
+    nulls = [key for key in nulls if parameters[key].default is not None]
+    return f"{', '.join(f'{group}.{key}=null' for key in nulls)}: {inner}" if nulls else inner
 
 
 def _plain_union(text: str) -> str:

@@ -1,7 +1,9 @@
 """Bad input that Lightning, jsonargparse or a data module's hooks reject with a plain exception, told apart from
 faults and turned into one line that names the key or the hook."""
 
+import inspect
 import os
+import re
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -9,9 +11,10 @@ from typing import Any
 import jsonargparse
 import lightning
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule, Trainer
 
-from batchsize_lit.errors import BadInput, one_line
+from batchsize_lit.errors import BadInput, import_class, one_line
 
 # The config groups that hold the settings of one callback class each (BatchSizeCLI.add_arguments_to_parser).
 CALLBACK_GROUPS = ("early_stopping", "checkpoint", "history", "divergence")
@@ -35,17 +38,55 @@ def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
         for group in CALLBACK_GROUPS:
             if group in config and config[group] is not None and not isinstance(config[group], Namespace):
                 return BadInput(f"{group}={config[group]!r}: expected its settings, keys with values (or null)")
+    nulls = null_settings(config) if config is not None else []
+    if nulls and isinstance(error, TypeError):  # jsonargparse lets null through where a class needs a value
+        return BadInput(f"{nulls[0]}=null: a value is needed here ({one_line(error)})")
     hook = data_hook(error, getattr(cli, "datamodule", None))
     if hook is not None:
         return BadInput(f"data: {type(cli.datamodule).__name__}.{hook} failed: {type(error).__name__}: {one_line(error)}")
     trainer = getattr(cli, "trainer", None)
-    if isinstance(error, TypeError | ValueError) and (trainer is None or trainer.global_step == 0):
+    logger = _logger_in(error, trainer)
+    if logger is not None and isinstance(error, TypeError | ValueError) and trainer.global_step == 0:
+        return BadInput(f"trainer.logger ({type(logger).__name__}): {one_line(error)}")  # e.g. an untyped kwarg
+    if isinstance(error, TypeError | ValueError | MisconfigurationException) and (trainer is None or trainer.global_step == 0):
         if _raised_in(error, _LIGHTNING):  # Lightning checking a setting, not a model's code failing
             text = one_line(error)
-            if config is not None and "devices" in text and "devices" in config.get("trainer", {}):
-                text = f"trainer.devices={config.trainer.devices!r}: {text}"
-            return BadInput(text)
+            return BadInput(name_trainer_key(config.get("trainer") if config is not None else None, text))
     return None
+
+
+def null_settings(config: Namespace) -> list[str]:
+    """The keys of the trainer, model and data set to null whose argument has another default and takes no None."""
+    found = []
+    for group in ("trainer", "model", "data"):
+        spec = config.get(group)
+        if not isinstance(spec, Namespace):
+            continue
+        values = spec.get("init_args") if "class_path" in spec else spec
+        try:
+            cls = Trainer if group == "trainer" else import_class(spec.class_path)
+            parameters = inspect.signature(cls.__init__).parameters
+        except Exception:  # a class that cannot be imported is reported by the parser
+            continue
+        for key, value in (values.items() if isinstance(values, Namespace) else []):
+            parameter = parameters.get(key)
+            if value is None and parameter is not None and parameter.default not in (None, inspect.Parameter.empty):
+                if not re.search(r"None|Optional", str(parameter.annotation)):
+                    found.append(f"{group}.{key}")
+    return found
+
+
+def name_trainer_key(trainer_config: Any, text: str) -> str:
+    """Lightning's message, after the trainer key whose value it quotes where it names none: devices, max_time."""
+    if not isinstance(trainer_config, Namespace):
+        return text
+    for key, value in trainer_config.items():
+        if "." in key or value is None or isinstance(value, bool | Namespace | dict | list):
+            continue
+        if (key in text or str(value) in text) and not text.startswith(f"trainer.{key}"):
+            if key in text or len(str(value)) > 2:  # a short number in the text says nothing
+                return f"trainer.{key}={value!r}: {text}"
+    return text
 
 
 def data_hook(error: BaseException, datamodule: LightningDataModule | None) -> str | None:
@@ -55,6 +96,15 @@ def data_hook(error: BaseException, datamodule: LightningDataModule | None) -> s
     for frame, _ in _frames(error.__traceback__):
         if frame.f_code.co_name in DATA_HOOKS and frame.f_locals.get("self") is datamodule:
             return frame.f_code.co_name
+    return None
+
+
+def _logger_in(error: BaseException, trainer: Any) -> Any:
+    """The trainer's logger, if the error was raised inside one of its methods (its settings reach it unchecked)."""
+    loggers = getattr(trainer, "loggers", None) or []
+    for frame, _ in _frames(error.__traceback__):
+        if any(frame.f_locals.get("self") is logger for logger in loggers):
+            return frame.f_locals["self"]
     return None
 
 
