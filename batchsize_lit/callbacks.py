@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor
 
+from batchsize_lit.disk import saving
 from batchsize_lit.errors import BadInput, Diverged, did_you_mean
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.signals import is_sigterm, save_at_sigterm, stopped_line
@@ -541,7 +542,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self._saves += 1
         temporary = f"{path}.tmp{os.getpid()}-{self._saves}"  # one per save: the previous may still be pending
         try:
-            torch.save(checkpoint, temporary)
+            saving(path, lambda: torch.save(checkpoint, temporary))  # a full disk: DiskFull, naming the checkpoint
         except BaseException:
             _remove(temporary)
             raise

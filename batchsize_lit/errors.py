@@ -27,6 +27,10 @@ class WorkerDied(RuntimeError):
     """A study's worker process ended abruptly; what it finished is kept."""
 
 
+class DiskFull(OSError):
+    """A file could not be written: no space left on its device, or the quota is used up."""
+
+
 class BadInput(ValueError):
     """A value the template's own checks reject: a clean error whenever it is found, even during training."""
 
@@ -34,8 +38,9 @@ class BadInput(ValueError):
 # What bad input raises: our own checks (ValueError), jsonargparse's and Lightning's. A run that stops on one of
 # these leaves no run folder behind.
 BAD_INPUT = (ArgumentError, ValueError, MisconfigurationException)
-# What ends a command with one line instead of a traceback: bad input, a fit that diverged, a study worker killed.
-USER_ERRORS = (*BAD_INPUT, Diverged, WorkerDied)
+# What ends a command with one line instead of a traceback: bad input, a fit that diverged, a study worker killed,
+# a full disk.
+USER_ERRORS = (*BAD_INPUT, Diverged, WorkerDied, DiskFull)
 
 
 def run_or_exit(command: Callable[[], int | None]) -> None:
@@ -86,7 +91,9 @@ def one_line(error: BaseException) -> str:
         r" - Expected a <class 'NoneType'>",
         text,
     )
-    if not union or ("class_path" not in text and "Namespace" not in text):  # a Union of plain types: str, Path
+    subtypes = re.search(r"Subtypes: \[([^\]]*)\]", text)
+    plain = subtypes and re.fullmatch(r"(<class '(builtins\.)?(str|int|float|bool|NoneType|pathlib\.Path)'>(, )?)+", subtypes.group(1))
+    if not union or plain:  # a Union of plain types: str, Path, None
         return _plain_union(text)
     group, inner = union.group(1) or "", union.group(2)
     class_path = re.match(r"Problem with given class_path '([\w.]+)': (.*)", inner)
@@ -137,7 +144,7 @@ def _plain_union(text: str) -> str:
     )
     if not union:
         return text
-    names = [re.sub(r"<class '(?:builtins\.)?(\w+)'>", r"\1", name) for name in union.group(2).split(", ")]
+    names = [re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", name) for name in union.group(2).split(", ")]
     expected = " or ".join("null" if name == "NoneType" else name for name in names)
     return f"{union.group(1)}={union.group(3)!r}: expected {expected}"
 

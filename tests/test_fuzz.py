@@ -208,3 +208,41 @@ def test_a_mutant_in_a_subprocess_fails_in_one_line(tmp_path):
     )  # fmt: skip
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "devices" in result.stderr, result.stderr
     assert not (tmp_path / "lightning_logs").exists()
+
+
+DATA_FORK = ["--model=fork.regression.SineRegressor", "--data=fork.broken.CachedSineData", "--trainer.max_steps=2"]
+DATA_FORK += ["--early_stopping.monitor=val/loss", "--checkpoint.monitor=val/loss", "--trainer.accelerator=cpu"]
+
+
+@pytest.mark.parametrize(
+    ("make", "hook", "error"),
+    [
+        (lambda folder: (folder / "data").write_text("a file"), "prepare_data", "FileExistsError: [Errno 17] File exists"),
+        (lambda folder: None, "prepare_data", None),  # runs: prepare_data makes the folder, setup reads it
+    ],
+    ids=["data_dir-is-a-file", "fresh"],
+)
+def test_an_error_in_preparing_data_is_one_line_naming_the_hook(make, hook, error, tmp_path):
+    make(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "batchsize_lit", "fit", *DATA_FORK],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
+    )  # fmt: skip
+    if error is None:
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == f"error: data: CachedSineData.{hook} failed: {error}: 'data'"
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_an_error_in_setup_names_the_hook(workdir, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    (workdir / "data").mkdir()  # prepare_data fails on it: a folder that is there; here, setup reads no points file
+    monkeypatch.setattr("fork.broken.CachedSineData.prepare_data", lambda self: None)
+    code, stderr = run_mutant({}, DATA_FORK, workdir)
+    assert code == (
+        "error: data: CachedSineData.setup failed: FileNotFoundError: [Errno 2] No such file or directory: "
+        "'data/points.txt'"
+    ), (code, stderr)
+    assert not (workdir / "lightning_logs").exists()

@@ -27,7 +27,8 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from batchsize_lit.callbacks import ModelCheckpoint, RunHistory
 from batchsize_lit.cli import BatchSizeCLI
-from batchsize_lit.errors import USER_ERRORS, BadInput, Diverged, WorkerDied, one_line
+from batchsize_lit.disk import whole_file
+from batchsize_lit.errors import USER_ERRORS, BadInput, DiskFull, Diverged, WorkerDied, one_line
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.signals import SIGTERM_STATUS, Terminated, is_sigterm, worker_sigterm
@@ -204,7 +205,7 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
     quiet_lightning()
     started = time.perf_counter()
     cli = CellCLI(args, defaults)  # parsed; model, data and trainer built
-    status, metrics = "ok", {}
+    status, metrics, stop = "ok", {}, None
     try:
         cli.before_fit()
         cli.trainer.fit(cli.model, cli.datamodule)
@@ -223,6 +224,8 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
                 raise KeyboardInterrupt from None
         else:
             raise
+    except DiskFull as error:  # every later cell would fail too: this one is recorded as failed, then the study stops
+        status, stop = "failed", error
     except (BadInput, MisconfigurationException) as error:  # the config, not the cell: every cell would fail so
         raise ValueError(f"cell {cell}: {one_line(error)}") from None
     except Exception as error:  # one broken cell must not end a long study; it is reported as failed
@@ -234,6 +237,8 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
     history = find_callback(cli.trainer, RunHistory)
     result = {"row": row, "history": history.history if history else [], "args": args}
     write_result(folder / cell, result)
+    if stop is not None:
+        raise stop
     if status == "interrupted":
         raise Terminated(f"cell {cell}")
     return result
@@ -246,9 +251,8 @@ def _has_test_data(cli: BatchSizeCLI) -> bool:
 def write_result(cell_folder: Path, result: dict[str, Any]) -> None:
     """result.json, written whole or not at all (a temporary file renamed into place)."""
     cell_folder.mkdir(parents=True, exist_ok=True)
-    temporary = cell_folder / f"result.json.tmp{os.getpid()}"
-    temporary.write_text(json.dumps(result, indent=1))
-    os.replace(temporary, cell_folder / "result.json")
+    with whole_file(cell_folder / "result.json") as file:
+        file.write(json.dumps(result, indent=1))
 
 
 def finished(cell_folder: Path, args: list[str]) -> bool:
