@@ -8,7 +8,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import jsonargparse
 import lightning
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -20,7 +19,6 @@ from batchsize_lit.errors import BadInput, import_class, one_line
 CALLBACK_GROUPS = ("early_stopping", "checkpoint", "history", "divergence")
 DATA_HOOKS = ("prepare_data", "setup")
 _LIGHTNING = str(Path(lightning.__file__).parent)
-_JSONARGPARSE = str(Path(jsonargparse.__file__).parent)
 
 
 def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
@@ -34,7 +32,7 @@ def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
     subcommand = getattr(cli, "subcommand", None)
     config = getattr(cli, "config", None)
     config = config.get(subcommand, config) if subcommand and config is not None else config
-    if config is not None and isinstance(error, TypeError) and _raised_in(error, _JSONARGPARSE):
+    if config is not None:  # jsonargparse lets a list or a number through in place of a callback's settings
         for group in CALLBACK_GROUPS:
             if group in config and config[group] is not None and not isinstance(config[group], Namespace):
                 return BadInput(f"{group}={config[group]!r}: expected its settings, keys with values (or null)")
