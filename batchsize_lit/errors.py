@@ -60,7 +60,10 @@ def run_or_exit(command: Callable[[], int | None]) -> None:
     except SIGTERMException:  # a fit stopped by SIGTERM has printed where it stopped; Lightning's exit would be 0
         sys.exit(SIGTERM_STATUS)
     except Terminated as stopped:
-        print(f"terminated: {str(stopped) or 'stopped by SIGTERM before training started; nothing to resume'}", file=sys.stderr)
+        print(
+            f"terminated: {str(stopped) or 'stopped by SIGTERM before training started; nothing to resume'}",
+            file=sys.stderr,
+        )
         sys.exit(SIGTERM_STATUS)
     except KeyboardInterrupt as interrupt:  # Ctrl-C where no fit handles it: parsing, or a study across its cells
         if debug:
@@ -92,7 +95,9 @@ def one_line(error: BaseException) -> str:
         text,
     )
     subtypes = re.search(r"Subtypes: \[([^\]]*)\]", text)
-    plain = subtypes and re.fullmatch(r"(<class '(builtins\.)?(str|int|float|bool|NoneType|pathlib\.Path)'>(, )?)+", subtypes.group(1))
+    plain = subtypes and re.fullmatch(
+        r"(<class '(builtins\.)?(str|int|float|bool|NoneType|pathlib\.Path)'>(, )?)+", subtypes.group(1)
+    )
     if not union or plain:  # a Union of plain types: str, Path, None
         return _plain_union(text)
     group, inner = union.group(1) or "", union.group(2)

@@ -41,15 +41,17 @@ def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
         return BadInput(f"{nulls[0]}=null: a value is needed here ({one_line(error)})")
     hook = data_hook(error, getattr(cli, "datamodule", None))
     if hook is not None:
-        return BadInput(f"data: {type(cli.datamodule).__name__}.{hook} failed: {type(error).__name__}: {one_line(error)}")
+        return BadInput(
+            f"data: {type(cli.datamodule).__name__}.{hook} failed: {type(error).__name__}: {one_line(error)}"
+        )
     trainer = getattr(cli, "trainer", None)
     logger = _logger_in(error, trainer)
     if logger is not None and isinstance(error, TypeError | ValueError) and trainer.global_step == 0:
         return BadInput(f"trainer.logger ({type(logger).__name__}): {one_line(error)}")  # e.g. an untyped kwarg
-    if isinstance(error, TypeError | ValueError | MisconfigurationException) and (trainer is None or trainer.global_step == 0):
-        if _raised_in(error, _LIGHTNING):  # Lightning checking a setting, not a model's code failing
-            text = one_line(error)
-            return BadInput(name_trainer_key(config.get("trainer") if config is not None else None, text))
+    before_training = trainer is None or trainer.global_step == 0
+    lightning_check = isinstance(error, TypeError | ValueError | MisconfigurationException) and before_training
+    if lightning_check and _raised_in(error, _LIGHTNING):  # Lightning checking a setting, not a model's code failing
+        return BadInput(name_trainer_key(config.get("trainer") if config is not None else None, one_line(error)))
     return None
 
 
@@ -66,11 +68,12 @@ def null_settings(config: Namespace) -> list[str]:
             parameters = inspect.signature(cls.__init__).parameters
         except Exception:  # a class that cannot be imported is reported by the parser
             continue
-        for key, value in (values.items() if isinstance(values, Namespace) else []):
+        for key, value in values.items() if isinstance(values, Namespace) else []:
             parameter = parameters.get(key)
-            if value is None and parameter is not None and parameter.default not in (None, inspect.Parameter.empty):
-                if not re.search(r"None|Optional", str(parameter.annotation)):
-                    found.append(f"{group}.{key}")
+            if value is not None or parameter is None or parameter.default in (None, inspect.Parameter.empty):
+                continue
+            if not re.search(r"None|Optional", str(parameter.annotation)):
+                found.append(f"{group}.{key}")
     return found
 
 
@@ -81,9 +84,9 @@ def name_trainer_key(trainer_config: Any, text: str) -> str:
     for key, value in trainer_config.items():
         if "." in key or value is None or isinstance(value, bool | Namespace | dict | list):
             continue
-        if (key in text or str(value) in text) and not text.startswith(f"trainer.{key}"):
-            if key in text or len(str(value)) > 2:  # a short number in the text says nothing
-                return f"trainer.{key}={value!r}: {text}"
+        # The key, or its value where that is not a short number (which says nothing), in Lightning's words.
+        if (key in text or len(str(value)) > 2 and str(value) in text) and not text.startswith(f"trainer.{key}"):
+            return f"trainer.{key}={value!r}: {text}"
     return text
 
 

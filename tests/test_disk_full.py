@@ -40,8 +40,10 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(workdir, m
     fill_disk_after(monkeypatch, 2)  # epoch 1: best and last; epoch 2's best fails
     code = exit_code(FIT)
     folder = "lightning_logs/b16/version_0/checkpoints"
-    assert code == f"error: no space left on the device writing {folder}/best-epoch=1.ckpt (No space left on device);"\
-        " free some space and rerun", code
+    assert (
+        code == f"error: no space left on the device writing {folder}/best-epoch=1.ckpt (No space left on device);"
+        " free some space and rerun"
+    ), code
     monkeypatch.undo()
     last = torch.load(workdir / folder / "last.ckpt", weights_only=True)  # the previous one, whole
     assert last["epoch"] == 0
@@ -72,7 +74,7 @@ def test_a_full_disk_while_writing_results_csv_leaves_none(workdir, monkeypatch)
     code = exit_code(["study", "--config", str(config), "--jobs", "1"])
     folder = workdir / "lightning_logs/tiny"
     assert code == (
-        "error: no space left on the device writing lightning_logs/tiny/results.csv (No space left on device); free some "
-        "space and rerun"
+        "error: no space left on the device writing lightning_logs/tiny/results.csv (No space left on device); "
+        "free some space and rerun"
     )
     assert not list(folder.glob("results.csv*"))

@@ -217,7 +217,11 @@ DATA_FORK += ["--early_stopping.monitor=val/loss", "--checkpoint.monitor=val/los
 @pytest.mark.parametrize(
     ("make", "hook", "error"),
     [
-        (lambda folder: (folder / "data").write_text("a file"), "prepare_data", "FileExistsError: [Errno 17] File exists"),
+        (
+            lambda folder: (folder / "data").write_text("a file"),
+            "prepare_data",
+            "FileExistsError: [Errno 17] File exists",
+        ),
         (lambda folder: None, "prepare_data", None),  # runs: prepare_data makes the folder, setup reads it
     ],
     ids=["data_dir-is-a-file", "fresh"],
@@ -226,7 +230,8 @@ def test_an_error_in_preparing_data_is_one_line_naming_the_hook(make, hook, erro
     make(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "batchsize_lit", "fit", *DATA_FORK],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
     )  # fmt: skip
     if error is None:
         assert result.returncode == 0, result.stderr

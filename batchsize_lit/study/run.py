@@ -217,11 +217,11 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
             cli.trainer.loggers = loggers
     except Diverged:
         status = "diverged"
-    except SystemExit as stop:
-        if is_sigterm(stop):  # stopped at a step by SIGTERM: recorded below, then the study stops
+    except SystemExit as exit_info:
+        if is_sigterm(exit_info):  # stopped at a step by SIGTERM: recorded below, then the study stops
             status = "interrupted"
         elif cli.trainer.interrupted:  # Ctrl-C: Lightning stopped the fit gracefully and exits; so does the study
-                raise KeyboardInterrupt from None
+            raise KeyboardInterrupt from None
         else:
             raise
     except DiskFull as error:  # every later cell would fail too: this one is recorded as failed, then the study stops
