@@ -85,7 +85,7 @@ def name_trainer_key(trainer_config: Any, text: str) -> str:
         if "." in key or value is None or isinstance(value, bool | Namespace | dict | list):
             continue
         # The key, or its value where that is not a short number (which says nothing), in Lightning's words.
-        if (key in text or len(str(value)) > 2 and str(value) in text) and not text.startswith(f"trainer.{key}"):
+        if (key in text or (len(str(value)) > 2 and str(value) in text)) and not text.startswith(f"trainer.{key}"):
             return f"trainer.{key}={value!r}: {text}"
     return text
 
