@@ -78,16 +78,17 @@ def null_settings(config: Namespace) -> list[str]:
 
 
 def name_trainer_key(trainer_config: Any, text: str) -> str:
-    """Lightning's message, after the trainer key whose value it quotes where it names none: devices, max_time."""
-    if not isinstance(trainer_config, Namespace):
+    """Lightning's message after the trainer key and value it is about: the key it names, else the key whose string
+    value it quotes (``Timer(duration='grow')`` is trainer.max_time)."""
+    if not isinstance(trainer_config, Namespace) or text.startswith("trainer."):
         return text
-    for key, value in trainer_config.items():
-        if "." in key or value is None or isinstance(value, bool | Namespace | dict | list):
-            continue
-        # The key, or its value where that is not a short number (which says nothing), in Lightning's words.
-        if (key in text or (len(str(value)) > 2 and str(value) in text)) and not text.startswith(f"trainer.{key}"):
-            return f"trainer.{key}={value!r}: {text}"
-    return text
+    plain = [(key, value) for key, value in trainer_config.items() if "." not in key and value is not None]
+    named = [(key, value) for key, value in plain if re.search(rf"\b{key}\b", text)]
+    quoted = [(key, value) for key, value in plain if isinstance(value, str) and len(value) > 2 and value in text]
+    if not named + quoted:
+        return text
+    key, value = (named + quoted)[0]
+    return f"trainer.{key}={value!r}: {text}"
 
 
 def data_hook(error: BaseException, datamodule: LightningDataModule | None) -> str | None:

@@ -16,6 +16,7 @@ from helpers import CONFIGS, QUIET, ROOT, read_csv, run_cli, write_study
 # 50k points at batch 16: 2500 steps an epoch, a second or two; long enough to stop in the middle of one.
 LONG_FIT = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--data.n_samples=50000", "--trainer.max_epochs=3"]
 LONG_FIT += ["--early_stopping.patience=2", "--seed_everything=5", "--trainer.log_every_n_steps=500"]
+LONG_FIT += ["--trainer.enable_progress_bar=true"]  # a resumed epoch's progress line too
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
