@@ -138,3 +138,30 @@ def read_status(path: Path) -> str:
     import json
 
     return json.loads(path.read_text())["row"]["status"]
+
+
+def test_lightning_calls_the_handler_it_replaced_and_stops_at_the_step(workdir, capsys):
+    """What SIGTERM handling relies on in Lightning: during a fit its handler calls the one installed before it
+    (signals.WATCH, which then only notes the signal), and the fit stops at the end of that step with a
+    SIGTERMException, which the checkpoint callback saves at; the loader is resumable (no warning on resume)."""
+    from lightning.pytorch import Callback
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from batchsize_lit.signals import WATCH
+
+    from helpers import bundled_cli
+
+    class Terminate(Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    cli = bundled_cli(["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=2"])
+    cli.trainer.callbacks.append(Terminate())
+    with WATCH.installed(), pytest.raises(SIGTERMException):
+        cli.trainer.fit(cli.model, cli.datamodule)
+    assert WATCH.received
+    last = torch.load(workdir / "lightning_logs/b16/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 3
+    assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 3}]
+    assert "Stopped by SIGTERM in epoch 1 at step 3" in capsys.readouterr().err
