@@ -17,7 +17,7 @@ from batchsize_lit.errors import BadInput, import_class, one_line
 
 # The config groups that hold the settings of one callback class each (BatchSizeCLI.add_arguments_to_parser).
 CALLBACK_GROUPS = ("early_stopping", "checkpoint", "history", "divergence")
-DATA_HOOKS = ("prepare_data", "setup")
+DATA_HOOKS = ("prepare_data", "setup", "train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader")
 _LIGHTNING = str(Path(lightning.__file__).parent)
 
 
@@ -27,7 +27,8 @@ def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
     Bad input here: a callback group that is not keys and values (jsonargparse fails inside its instantiation),
     a value Lightning itself rejects before the first training step (the exception is raised in Lightning's own
     code, e.g. ``val_check_interval`` larger than an epoch, or ``devices`` of the wrong type), and an exception out
-    of the data module's prepare_data or setup (a data folder that is a file, data too large for memory).
+    of the data module's prepare_data, setup or dataloader hooks (a data folder that is a file, a batch_size that
+    DataLoader rejects).
     """
     subcommand = getattr(cli, "subcommand", None)
     config = getattr(cli, "config", None)
@@ -46,12 +47,14 @@ def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
         )
     trainer = getattr(cli, "trainer", None)
     logger = _logger_in(error, trainer)
-    if logger is not None and isinstance(error, TypeError | ValueError) and trainer.global_step == 0:
+    if logger is not None and isinstance(error, TypeError | ValueError | OverflowError) and trainer.global_step == 0:
         return BadInput(f"trainer.logger ({type(logger).__name__}): {one_line(error)}")  # e.g. an untyped kwarg
     before_training = trainer is None or trainer.global_step == 0
-    lightning_check = isinstance(error, TypeError | ValueError | MisconfigurationException) and before_training
+    rejection = TypeError | ValueError | MisconfigurationException | MemoryError  # devices: 10**12 makes a list
+    lightning_check = isinstance(error, rejection) and before_training
     if lightning_check and _raised_in(error, _LIGHTNING):  # Lightning checking a setting, not a model's code failing
-        return BadInput(name_trainer_key(config.get("trainer") if config is not None else None, one_line(error)))
+        text = one_line(error) or f"{type(error).__name__} while the trainer was built: a setting too large?"
+        return BadInput(name_trainer_key(config.get("trainer") if config is not None else None, text))
     return None
 
 
@@ -92,7 +95,7 @@ def name_trainer_key(trainer_config: Any, text: str) -> str:
 
 
 def data_hook(error: BaseException, datamodule: LightningDataModule | None) -> str | None:
-    """The data module hook, prepare_data or setup, the error was raised in, if any."""
+    """The data module hook, prepare_data, setup or a dataloader hook, the error was raised in, if any."""
     if datamodule is None:
         return None
     for frame, _ in _frames(error.__traceback__):
