@@ -144,7 +144,7 @@ class BatchSizeCLI(LightningCLI):
             problem = rejected_setting(self, error)  # bad input that came as a plain exception: see rejections.py
             if problem is not None:
                 self.remove_new_run()
-                raise problem from None
+                raise problem from error  # JSONARGPARSE_DEBUG shows both
             if not isinstance(error, BAD_INPUT):
                 raise
             # Bad input: what parsing, the classes' __init__ checks and the template's own checks reject; anything
