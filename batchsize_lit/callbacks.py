@@ -20,9 +20,11 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from batchsize_lit.disk import saving
 from batchsize_lit.errors import BadInput, Diverged, did_you_mean
 from batchsize_lit.outputs import accumulation_scale, batch_samples, logged_train_loss, step_loss
 from batchsize_lit.problem import reference_facts, run_report
+from batchsize_lit.signals import is_sigterm, save_at_sigterm, stopped_line
 from batchsize_lit.trainer_info import batch_size, global_batch_size, learning_rate, plain_sgd, steps_per_epoch
 
 # The hooks Lightning calls on every callback at every training step or evaluation batch.
@@ -208,6 +210,7 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
         """
         self.last_every_epoch = save_last is True
         self.report_interrupt = True  # a study reports an interrupted cell its own way
+        self.sigterm_checkpoint: str | None = None  # where a fit stopped by SIGTERM saved its last step
         super().__init__(
             monitor=monitor, filename=filename, save_last=None if save_last is True else save_last, **kwargs
         )
@@ -248,6 +251,14 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
+        if is_sigterm(exception):  # stopped at a step boundary: last.ckpt at that step, even mid-epoch
+            dirpath = self.dirpath if self.last_every_epoch or self.save_last else None
+            path = save_at_sigterm(trainer, dirpath, "last.ckpt", self.save_weights_only)
+            self.sigterm_checkpoint = path
+            if path:
+                self.last_model_path = path
+            if trainer.is_global_zero and self.report_interrupt:
+                print(stopped_line(trainer, path), file=sys.stderr)
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero and self.report_interrupt:
             finished = trainer.current_epoch  # last.ckpt is written at the end of every epoch
             if self.last_model_path and finished:
@@ -325,10 +336,12 @@ class RunHistory(pl.Callback):
         self._last_step = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "samples": self.samples}
+        # The epoch's running loss sum too: a checkpoint saved mid-epoch (SIGTERM) resumes the epoch's mean exactly.
+        return {"history": self.history, "samples": self.samples, "epoch_loss": (self._loss_sum, self._batches)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history, self.samples = state_dict["history"], state_dict["samples"]
+        self._loss_sum, self._batches = state_dict.get("epoch_loss", (None, 0))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.log_every_epoch:
@@ -562,7 +575,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self._saves += 1
         temporary = f"{path}.tmp{os.getpid()}-{self._saves}"  # one per save: the previous may still be pending
         try:
-            torch.save(checkpoint, temporary)
+            saving(path, lambda: torch.save(checkpoint, temporary))  # a full disk: DiskFull, naming the checkpoint
         except BaseException:
             _remove(temporary)
             raise

@@ -45,7 +45,9 @@ from batchsize_lit.errors import (
 from batchsize_lit.predictions import PredictionWriter, predictions_folder
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.progress import ThrottledProgressBar
+from batchsize_lit.rejections import rejected_setting
 from batchsize_lit.runs import LOG_ROOT, check_checkpoint
+from batchsize_lit.signals import Terminated
 from batchsize_lit.trainer_info import find_callback
 
 # Lightning's own batch flattening builds a torch LeafSpec, which torch>=2.10 deprecates; nothing a user can act on.
@@ -145,7 +147,13 @@ class BatchSizeCLI(LightningCLI):
         self._notices = HeldBack("lightning.fabric.utilities.seed")
         try:
             super().__init__(args=args, run=run, **kwargs)
-        except BAD_INPUT as error:
+        except Exception as error:
+            problem = rejected_setting(self, error)  # bad input that came as a plain exception: see rejections.py
+            if problem is not None:
+                self.remove_new_run()
+                raise problem from error  # JSONARGPARSE_DEBUG shows both
+            if not isinstance(error, BAD_INPUT):
+                raise
             # Bad input: what parsing, the classes' __init__ checks and the template's own checks reject; anything
             # else that a running fit, validate, test or predict raises is a fault, a ValueError in a model's
             # training_step included, and keeps its traceback.
@@ -156,6 +164,11 @@ class BatchSizeCLI(LightningCLI):
                 raise
             folder = f"; the run folder {self.log_dir} is kept" if self.log_dir else ""
             raise RuntimeError(f"{self.subcommand} failed at step {trainer.global_step}{folder}") from error
+        except Terminated:  # SIGTERM before a fit trained anything (see signals.py): nothing in the run to keep
+            trainer = getattr(self, "trainer", None)
+            if trainer is None or trainer.global_step == 0:
+                self.remove_new_run()
+            raise
         finally:
             self._notices.release(emit=False)  # if they were not printed yet, nothing was built
 

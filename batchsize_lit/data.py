@@ -93,10 +93,38 @@ class InMemoryLoader(DataLoader):
     itself; this skips it and keeps everything else, so Lightning can still rebuild it with a DistributedSampler.
     """
 
+    _epoch: int | None = None  # the sampler's epoch being iterated, and how many of its batches were handed out
+    _handed_out = 0
+    _resume_at: tuple[int | None, int] | None = None
+
     def __iter__(self):
-        if self.num_workers > 0:
-            return super().__iter__()
-        return (self.dataset.__getitems__(index) for index in self.batch_sampler)
+        return self._batches()
+
+    def _batches(self):
+        # Runs at the first next(), after Lightning set the sampler's epoch. A loader resumed mid-epoch (a
+        # checkpoint saved on SIGTERM) skips the batches of that epoch it had handed out: the order depends only
+        # on the seed and the epoch, so the rest of the epoch is what the uninterrupted run saw.
+        self._epoch, self._handed_out = getattr(self.batch_sampler.sampler, "epoch", None), 0
+        resume, self._resume_at = self._resume_at, None
+        skip = resume[1] if resume is not None and resume[0] == self._epoch else 0
+        if self.num_workers > 0:  # worker processes: the skipped batches are loaded, then dropped
+            source = super().__iter__()
+        else:
+            source = (
+                None if position < skip else self.dataset.__getitems__(index)
+                for position, index in enumerate(self.batch_sampler)
+            )
+        for batch in source:
+            self._handed_out += 1
+            if self._handed_out > skip:
+                yield batch
+
+    def state_dict(self) -> dict[str, int | None]:
+        """Where in the epoch the loader is; Lightning saves it with the fit loop's state (a resumable loader)."""
+        return {"epoch": self._epoch, "batches": self._handed_out}
+
+    def load_state_dict(self, state_dict: dict[str, int | None]) -> None:
+        self._resume_at = (state_dict.get("epoch"), int(state_dict.get("batches") or 0))
 
 
 def _unbatched(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -164,6 +192,8 @@ class RegressionDataModule(pl.LightningDataModule):
         )
         _check(num_workers >= 0, "num_workers", num_workers, "must be >= 0")
         _check(sampling in ("epochs", "replacement"), "sampling", sampling, "must be epochs or replacement")
+        memory = physical_memory()  # x, y, the noise and the split's indices: about 24 bytes a point
+        _check(memory is None or n_samples * 24 < memory, "n_samples", n_samples, f"needs more than {memory} bytes")
         self.save_hyperparameters()
         self.n_val = round(n_samples * val_fraction)
         self.n_test = round(n_samples * test_fraction)
@@ -305,6 +335,14 @@ class RegressionDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set if self.n_test else self.val_set, shuffle=False)
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the system tells it."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _check(ok: bool, key: str, value: object, rule: str) -> None:

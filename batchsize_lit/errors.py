@@ -14,6 +14,9 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from batchsize_lit.signals import SIGTERM_STATUS, WATCH, Terminated
 
 
 class Diverged(RuntimeError):
@@ -24,6 +27,10 @@ class WorkerDied(RuntimeError):
     """A study's worker process ended abruptly; what it finished is kept."""
 
 
+class DiskFull(OSError):
+    """A file could not be written: no space left on its device, or the quota is used up."""
+
+
 class BadInput(ValueError):
     """A value the template's own checks reject: a clean error whenever it is found, even during training."""
 
@@ -31,8 +38,9 @@ class BadInput(ValueError):
 # What bad input raises: our own checks (ValueError), jsonargparse's and Lightning's. A run that stops on one of
 # these leaves no run folder behind.
 BAD_INPUT = (ArgumentError, ValueError, MisconfigurationException)
-# What ends a command with one line instead of a traceback: bad input, a fit that diverged, a study worker killed.
-USER_ERRORS = (*BAD_INPUT, Diverged, WorkerDied)
+# What ends a command with one line instead of a traceback: bad input, a fit that diverged, a study worker killed,
+# a full disk.
+USER_ERRORS = (*BAD_INPUT, Diverged, WorkerDied, DiskFull)
 
 
 def run_or_exit(command: Callable[[], int | None]) -> None:
@@ -42,12 +50,21 @@ def run_or_exit(command: Callable[[], int | None]) -> None:
     """
     debug = debug_requested()
     try:
-        status = command()
+        with WATCH.installed():
+            status = command()
     except USER_ERRORS as error:
         if debug:
             raise
         prefix = "training diverged: " if isinstance(error, Diverged) else ""
         sys.exit(f"error: {prefix}{one_line(error)}")
+    except SIGTERMException:  # a fit stopped by SIGTERM has printed where it stopped; Lightning's exit would be 0
+        sys.exit(SIGTERM_STATUS)
+    except Terminated as stopped:
+        print(
+            f"terminated: {str(stopped) or 'stopped by SIGTERM before training started; nothing to resume'}",
+            file=sys.stderr,
+        )
+        sys.exit(SIGTERM_STATUS)
     except KeyboardInterrupt as interrupt:  # Ctrl-C where no fit handles it: parsing, or a study across its cells
         if debug:
             raise
@@ -77,7 +94,11 @@ def one_line(error: BaseException) -> str:
         r" - Expected a <class 'NoneType'>",
         text,
     )
-    if not union:
+    subtypes = re.search(r"Subtypes: \[([^\]]*)\]", text)
+    plain = subtypes and re.fullmatch(
+        r"(<class '(builtins\.)?(str|int|float|bool|NoneType|pathlib\.Path)'>(, )?)+", subtypes.group(1)
+    )
+    if not union or plain:  # a Union of plain types: str, Path, None
         return _plain_union(text)
     group, inner = union.group(1) or "", union.group(2)
     class_path = re.match(r"Problem with given class_path '([\w.]+)': (.*)", inner)
@@ -90,6 +111,9 @@ def one_line(error: BaseException) -> str:
             inner = f"unknown key {group}.{unknown.group(1)}{did_you_mean(unknown.group(1), known)}"
         elif not inner.startswith("Parser key"):  # the class cannot be imported
             inner = f"{group or 'class_path'}={class_path.group(1)!r}: {inner}"
+    if "NoneType" in inner and not inner.startswith(("Parser key", "unknown key")):
+        base = "data" if "LightningDataModule" in text else "model" if "LightningModule" in text else "class"
+        inner = _null_init_arg(group or base, text, inner)
     subclass = re.match(r"Import path does not correspond to a subclass of (\w+)", inner)
     value = re.search(r"Given value: (\S+)$", text)
     if subclass and value:
@@ -101,6 +125,21 @@ def one_line(error: BaseException) -> str:
     return inner
 
 
+def _null_init_arg(group: str, text: str, inner: str) -> str:
+    """A class given null for an argument that has no null default fails inside its __init__ on None, in words
+    that name no key: the key is named, from the given init_args that are None."""
+    given = re.search(r"Given value: Namespace\(class_path='([\w.]+)', init_args=Namespace\((.*)\)\)", text)
+    if not given:
+        return inner
+    try:
+        parameters = inspect.signature(import_class(given.group(1))).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return inner
+    nulls = [key for key in re.findall(r"(\w+)=None\b", given.group(2)) if key in parameters]
+    nulls = [key for key in nulls if parameters[key].default is not None]
+    return f"{', '.join(f'{group}.{key}=null' for key in nulls)}: {inner}" if nulls else inner
+
+
 def _plain_union(text: str) -> str:
     """jsonargparse's dump of a failed Union of plain types, as ``key='value': expected int or null``."""
     union = re.match(
@@ -110,7 +149,7 @@ def _plain_union(text: str) -> str:
     )
     if not union:
         return text
-    names = [re.sub(r"<class '(?:builtins\.)?(\w+)'>", r"\1", name) for name in union.group(2).split(", ")]
+    names = [re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", name) for name in union.group(2).split(", ")]
     expected = " or ".join("null" if name == "NoneType" else name for name in names)
     return f"{union.group(1)}={union.group(3)!r}: expected {expected}"
 

@@ -131,6 +131,10 @@ class ThrottledProgressBar(ProgressBar):
                 items[name] = _scalar(logged[name])
         return items
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.on_train_epoch_start(trainer, pl_module)  # a fit resumed mid-epoch gets no on_train_epoch_start
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._train = _Pass("train", self.total_train_batches, time.monotonic())
         self._outputs = None

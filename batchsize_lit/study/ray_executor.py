@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from batchsize_lit.errors import one_line
+from batchsize_lit.signals import Terminated
 from batchsize_lit.study.run import CellCLI, Defaults, result_row, run_cell, write_result
 
 # Accelerators that need a GPU; ``auto`` asks for one when the cluster has GPUs, as Lightning's auto would use one.
@@ -66,18 +67,28 @@ def run_cells_on_ray(
                 cell, args, folder, defaults, os.getcwd(), threads
             )
             pending[ref] = cell
-        while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            cell = pending.pop(ref)
-            try:
-                result = ray.get(ref)
-            except RayError as error:  # the task itself failed: its worker died, or run_cell raised
-                if isinstance(getattr(error, "cause", None), ValueError):  # the config: every cell would fail so
-                    for other in pending:
-                        ray.cancel(other, force=True)
-                    raise ValueError(str(error.cause)) from None
-                result = lost_result(cell, cell_args[cell], defaults, time.perf_counter() - submitted, error)
-            on_row(save_result(folder / cell, result))
+        done = 0
+        try:
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                cell = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayError as error:  # the task itself failed: its worker died, or run_cell raised
+                    if isinstance(getattr(error, "cause", None), ValueError):  # the config: every cell would fail so
+                        for other in pending:
+                            ray.cancel(other, force=True)
+                        raise ValueError(str(error.cause)) from None
+                    result = lost_result(cell, cell_args[cell], defaults, time.perf_counter() - submitted, error)
+                on_row(save_result(folder / cell, result))
+                done += 1
+        except Terminated:  # SIGTERM: the running tasks are cancelled and rerun next time
+            for other in pending:
+                ray.cancel(other, force=True)
+            raise Terminated(
+                f"stopped by SIGTERM: {done} of {len(cell_args)} cells finished, kept in {folder}; run the same "
+                "command again to run the others"
+            ) from None
     finally:
         if connected:
             ray.shutdown()  # ends the Ray processes ray.init started; from a cluster it joined, it only disconnects

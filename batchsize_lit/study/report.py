@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from batchsize_lit.disk import whole_file
 from batchsize_lit.science import critical_batch_by_target
 
 # The documented columns, in this order; whatever else a cell recorded (the model's logged metrics, the problem's
@@ -75,7 +76,7 @@ def columns_of(rows: list[dict[str, Any]], settings: list[str] = ()) -> list[str
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, settings: list[str] = ()) -> None:
-    with open(path, "w", newline="") as file:
+    with whole_file(path, newline="") as file:  # whole or not at all; a full disk is one line naming it
         writer = csv.DictWriter(file, columns_of(rows, settings), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -182,7 +183,7 @@ def critical_line(fit: dict[str, float]) -> str:
 def write_critical_csv(criticals: list[dict[str, Any]], path: Path) -> None:
     """critical_batch.csv: one row per target (CRITICAL_COLUMNS)."""
     rows = [{"target": c["target"], "batch_sizes": len(c["points"]), **c["fit"]} for c in criticals]
-    with open(path, "w", newline="") as file:
+    with whole_file(path, newline="") as file:
         writer = csv.DictWriter(file, CRITICAL_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

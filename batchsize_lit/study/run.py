@@ -27,9 +27,11 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from batchsize_lit.callbacks import ModelCheckpoint, RunHistory
 from batchsize_lit.cli import BatchSizeCLI
-from batchsize_lit.errors import USER_ERRORS, BadInput, Diverged, WorkerDied, one_line
+from batchsize_lit.disk import whole_file
+from batchsize_lit.errors import USER_ERRORS, BadInput, DiskFull, Diverged, WorkerDied, one_line
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
+from batchsize_lit.signals import SIGTERM_STATUS, Terminated, is_sigterm, worker_sigterm
 from batchsize_lit.trainer_info import batch_size, find_callback, global_batch_size, learning_rate, scalar_metrics
 
 Defaults = tuple[type[LightningModule] | None, type[LightningDataModule] | None]
@@ -123,6 +125,11 @@ def run_cells(
         raise KeyboardInterrupt(
             f"{done} of {len(cell_args)} cells finished, kept in {folder}; run the same command again to run the others"
         ) from None
+    except Terminated:  # SIGTERM: the running cells were recorded as interrupted and rerun next time
+        raise Terminated(
+            f"stopped by SIGTERM: {done} of {len(cell_args)} cells finished, kept in {folder}; run the same command "
+            "again to run the others"
+        ) from None
 
 
 def _run_in_workers(
@@ -131,21 +138,45 @@ def _run_in_workers(
     gpus = gpu_count()
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker, initargs=(gpus,)) as pool:
-        futures = [pool.submit(run_cell, cell, args, folder, defaults) for cell, args in cell_args.items()]
+        futures = [pool.submit(_worker_cell, cell, args, folder, defaults) for cell, args in cell_args.items()]
         try:
             for future in as_completed(futures):  # each row as its cell finishes, whatever the grid order
                 on_row(future.result()["row"])
         except BaseException as error:  # Ctrl-C, a dead worker, bad input: no cell runs after it
             pool.shutdown(wait=False, cancel_futures=True)
-            for worker in multiprocessing.active_children():  # the pool's processes, mid-cell
-                worker.kill()
-                worker.join()
+            _stop_workers(graceful=isinstance(error, Terminated))
             if isinstance(error, BrokenProcessPool):
                 raise WorkerDied(
                     "a worker process died (killed, out of memory, or failed to start: see above); the finished cells"
                     f" are kept in {folder}: run the same command again to run the others"
                 ) from None
             raise
+
+
+def _stop_workers(graceful: bool) -> None:
+    """End the pool's processes, mid-cell. On SIGTERM each is sent it too and given time to record its cell as
+    interrupted (a fit stops at its next step); any still running after that is killed."""
+    workers = multiprocessing.active_children()
+    for worker in workers:
+        if graceful:
+            worker.terminate()  # SIGTERM
+        else:
+            worker.kill()
+    for worker in workers:
+        worker.join(timeout=60 if graceful else None)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
+def _worker_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> dict[str, Any]:
+    """run_cell in a worker process; a worker whose cell SIGTERM stopped ends, as the study does, once the cell is
+    recorded, rather than take the next cell from the queue."""
+    try:
+        return run_cell(cell, args, folder, defaults)
+    except Terminated:
+        sys.stderr.flush()
+        os._exit(SIGTERM_STATUS)
 
 
 def default_jobs() -> int:
@@ -161,6 +192,7 @@ def gpu_count() -> int:
 def _init_worker(gpus: int) -> None:
     gc.freeze()  # what the worker imported lives as long as it does: out of every collection, as in __main__
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the study's own process, which ends the workers
+    signal.signal(signal.SIGTERM, worker_sigterm)  # between cells it ends the worker; in a fit, Lightning stops it
     torch.set_num_threads(1)
     if gpus > 1:  # pin each worker to its own GPU
         worker = multiprocessing.current_process()._identity[0] - 1
@@ -173,7 +205,7 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
     quiet_lightning()
     started = time.perf_counter()
     cli = CellCLI(args, defaults)  # parsed; model, data and trainer built
-    status, metrics = "ok", {}
+    status, metrics, stop = "ok", {}, None
     try:
         cli.before_fit()
         cli.trainer.fit(cli.model, cli.datamodule)
@@ -185,10 +217,15 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
             cli.trainer.loggers = loggers
     except Diverged:
         status = "diverged"
-    except SystemExit:
-        if cli.trainer.interrupted:  # Ctrl-C: Lightning stopped the fit gracefully and exits; so does the study
+    except SystemExit as exit_info:
+        if is_sigterm(exit_info):  # stopped at a step by SIGTERM: recorded below, then the study stops
+            status = "interrupted"
+        elif cli.trainer.interrupted:  # Ctrl-C: Lightning stopped the fit gracefully and exits; so does the study
             raise KeyboardInterrupt from None
-        raise
+        else:
+            raise
+    except DiskFull as error:  # every later cell would fail too: this one is recorded as failed, then the study stops
+        status, stop = "failed", error
     except (BadInput, MisconfigurationException) as error:  # the config, not the cell: every cell would fail so
         raise ValueError(f"cell {cell}: {one_line(error)}") from None
     except Exception as error:  # one broken cell must not end a long study; it is reported as failed
@@ -200,6 +237,10 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
     history = find_callback(cli.trainer, RunHistory)
     result = {"row": row, "history": history.history if history else [], "args": args}
     write_result(folder / cell, result)
+    if stop is not None:
+        raise stop
+    if status == "interrupted":
+        raise Terminated(f"cell {cell}")
     return result
 
 
@@ -210,9 +251,8 @@ def _has_test_data(cli: BatchSizeCLI) -> bool:
 def write_result(cell_folder: Path, result: dict[str, Any]) -> None:
     """result.json, written whole or not at all (a temporary file renamed into place)."""
     cell_folder.mkdir(parents=True, exist_ok=True)
-    temporary = cell_folder / f"result.json.tmp{os.getpid()}"
-    temporary.write_text(json.dumps(result, indent=1))
-    os.replace(temporary, cell_folder / "result.json")
+    with whole_file(cell_folder / "result.json") as file:
+        file.write(json.dumps(result, indent=1))
 
 
 def finished(cell_folder: Path, args: list[str]) -> bool:
@@ -221,7 +261,7 @@ def finished(cell_folder: Path, args: list[str]) -> bool:
     if not path.is_file():
         return False
     result = json.loads(path.read_text())
-    return result["row"]["status"] != "failed" and result.get("args", args) == args
+    return result["row"]["status"] not in ("failed", "interrupted") and result.get("args", args) == args
 
 
 def read_result(cell_folder: Path) -> dict[str, Any] | None:

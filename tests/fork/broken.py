@@ -5,7 +5,7 @@ import signal
 
 from torch import Tensor
 
-from fork.regression import SineRegressor
+from fork.regression import SineData, SineRegressor
 
 
 class FlakyRegressor(SineRegressor):
@@ -52,3 +52,29 @@ class DyingRegressor(SineRegressor):
         if self.hparams.hidden == 13:
             os.kill(os.getpid(), signal.SIGKILL)
         return super().training_step(batch, batch_idx)
+
+
+class CachedSineData(SineData):
+    """SineData that keeps its points in a data folder, made by prepare_data and read by setup, as a fork that
+    downloads its data would."""
+
+    def __init__(self, data_dir: str = "data", batch_size: int = 32, n_samples: int = 512, noise: float = 0.1) -> None:
+        """
+        Args:
+            data_dir: The folder the data is kept in.
+            batch_size: Samples per step.
+            n_samples: Number of points.
+            noise: Standard deviation of the noise.
+        """
+        super().__init__(batch_size, n_samples, noise)
+        self.save_hyperparameters()
+
+    def prepare_data(self) -> None:
+        os.makedirs(self.hparams.data_dir)  # fails where data_dir is a file, or already there
+        with open(os.path.join(self.hparams.data_dir, "points.txt"), "w") as file:
+            file.write(str(self.hparams.n_samples))
+
+    def setup(self, stage: str) -> None:
+        with open(os.path.join(self.hparams.data_dir, "points.txt")) as file:
+            int(file.read())
+        super().setup(stage)

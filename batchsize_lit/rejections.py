@@ -1,0 +1,125 @@
+"""Bad input that Lightning, jsonargparse or a data module's hooks reject with a plain exception, told apart from
+faults and turned into one line that names the key or the hook."""
+
+import inspect
+import os
+import re
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import lightning
+from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule, Trainer
+
+from batchsize_lit.errors import BadInput, import_class, one_line
+
+# The config groups that hold the settings of one callback class each (BatchSizeCLI.add_arguments_to_parser).
+CALLBACK_GROUPS = ("early_stopping", "checkpoint", "history", "divergence")
+DATA_HOOKS = ("prepare_data", "setup", "train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader")
+_LIGHTNING = str(Path(lightning.__file__).parent)
+
+
+def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
+    """The one-line error for bad input that surfaced as a plain exception, or None for a fault.
+
+    Bad input here: a callback group that is not keys and values (jsonargparse fails inside its instantiation),
+    a value Lightning itself rejects before the first training step (the exception is raised in Lightning's own
+    code, e.g. ``val_check_interval`` larger than an epoch, or ``devices`` of the wrong type), and an exception out
+    of the data module's prepare_data, setup or dataloader hooks (a data folder that is a file, a batch_size that
+    DataLoader rejects).
+    """
+    subcommand = getattr(cli, "subcommand", None)
+    config = getattr(cli, "config", None)
+    config = config.get(subcommand, config) if subcommand and config is not None else config
+    if config is not None:  # jsonargparse lets a list or a number through in place of a callback's settings
+        for group in CALLBACK_GROUPS:
+            if group in config and config[group] is not None and not isinstance(config[group], Namespace):
+                return BadInput(f"{group}={config[group]!r}: expected its settings, keys with values (or null)")
+    nulls = null_settings(config) if config is not None else []
+    if nulls and isinstance(error, TypeError):  # jsonargparse lets null through where a class needs a value
+        return BadInput(f"{nulls[0]}=null: a value is needed here ({one_line(error)})")
+    hook = data_hook(error, getattr(cli, "datamodule", None))
+    if hook is not None:
+        return BadInput(
+            f"data: {type(cli.datamodule).__name__}.{hook} failed: {type(error).__name__}: {one_line(error)}"
+        )
+    trainer = getattr(cli, "trainer", None)
+    logger = _logger_in(error, trainer)
+    if logger is not None and isinstance(error, TypeError | ValueError | OverflowError) and trainer.global_step == 0:
+        return BadInput(f"trainer.logger ({type(logger).__name__}): {one_line(error)}")  # e.g. an untyped kwarg
+    before_training = trainer is None or trainer.global_step == 0
+    rejection = TypeError | ValueError | MisconfigurationException | MemoryError  # devices: 10**12 makes a list
+    lightning_check = isinstance(error, rejection) and before_training
+    if lightning_check and _raised_in(error, _LIGHTNING):  # Lightning checking a setting, not a model's code failing
+        text = one_line(error) or f"{type(error).__name__} while the trainer was built: a setting too large?"
+        return BadInput(name_trainer_key(config.get("trainer") if config is not None else None, text))
+    return None
+
+
+def null_settings(config: Namespace) -> list[str]:
+    """The keys of the trainer, model and data set to null whose argument has another default and takes no None."""
+    found = []
+    for group in ("trainer", "model", "data"):
+        spec = config.get(group)
+        if not isinstance(spec, Namespace):
+            continue
+        values = spec.get("init_args") if "class_path" in spec else spec
+        try:
+            cls = Trainer if group == "trainer" else import_class(spec.class_path)
+            parameters = inspect.signature(cls.__init__).parameters
+        except Exception:  # a class that cannot be imported is reported by the parser
+            continue
+        for key, value in values.items() if isinstance(values, Namespace) else []:
+            parameter = parameters.get(key)
+            if value is not None or parameter is None or parameter.default in (None, inspect.Parameter.empty):
+                continue
+            if not re.search(r"None|Optional", str(parameter.annotation)):
+                found.append(f"{group}.{key}")
+    return found
+
+
+def name_trainer_key(trainer_config: Any, text: str) -> str:
+    """Lightning's message after the trainer key and value it is about: the key it names, else the key whose string
+    value it quotes (``Timer(duration='grow')`` is trainer.max_time)."""
+    if not isinstance(trainer_config, Namespace) or text.startswith("trainer."):
+        return text
+    plain = [(key, value) for key, value in trainer_config.items() if "." not in key and value is not None]
+    named = [(key, value) for key, value in plain if re.search(rf"\b{key}\b", text)]
+    quoted = [(key, value) for key, value in plain if isinstance(value, str) and len(value) > 2 and value in text]
+    if not named + quoted:
+        return text
+    key, value = (named + quoted)[0]
+    return f"trainer.{key}={value!r}: {text}"
+
+
+def data_hook(error: BaseException, datamodule: LightningDataModule | None) -> str | None:
+    """The data module hook, prepare_data, setup or a dataloader hook, the error was raised in, if any."""
+    if datamodule is None:
+        return None
+    for frame, _ in _frames(error.__traceback__):
+        if frame.f_code.co_name in DATA_HOOKS and frame.f_locals.get("self") is datamodule:
+            return frame.f_code.co_name
+    return None
+
+
+def _logger_in(error: BaseException, trainer: Any) -> Any:
+    """The trainer's logger, if the error was raised inside one of its methods (its settings reach it unchecked)."""
+    loggers = getattr(trainer, "loggers", None) or []
+    for frame, _ in _frames(error.__traceback__):
+        if any(frame.f_locals.get("self") is logger for logger in loggers):
+            return frame.f_locals["self"]
+    return None
+
+
+def _raised_in(error: BaseException, package: str) -> bool:
+    """Whether the innermost frame of the error's traceback is in this package's folder."""
+    frames = list(_frames(error.__traceback__))
+    return bool(frames) and os.path.abspath(frames[-1][0].f_code.co_filename).startswith(package + os.sep)
+
+
+def _frames(traceback: TracebackType | None):
+    while traceback is not None:
+        yield traceback.tb_frame, traceback.tb_lineno
+        traceback = traceback.tb_next

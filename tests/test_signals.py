@@ -1,0 +1,167 @@
+"""SIGTERM, as a scheduler sends it at a time limit or on preemption: a fit or a study stops at a step, saves it,
+says how to go on and exits 143; going on gives the uninterrupted result."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import CONFIGS, QUIET, ROOT, read_csv, run_cli, write_study
+
+# 50k points at batch 16: 2500 steps an epoch, a second or two; long enough to stop in the middle of one.
+LONG_FIT = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--data.n_samples=50000", "--trainer.max_epochs=3"]
+LONG_FIT += ["--early_stopping.patience=2", "--seed_everything=5", "--trainer.log_every_n_steps=500"]
+LONG_FIT += ["--trainer.enable_progress_bar=true"]  # a resumed epoch's progress line too
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    env.pop("JSONARGPARSE_DEBUG", None)
+    command = [sys.executable, "-m", "batchsize_lit", *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), f"{path} never appeared"
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def summary(stdout: str) -> list[str]:
+    keep = ("Fit finished", "  best ", "  weights ", "  learned ", "  fitted")
+    return [line for line in stdout.splitlines() if line.startswith(keep)]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_the_step_exits_143_and_resumes_exactly(tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    process = start(["fit", *LONG_FIT], broken)
+    run = broken / "lightning_logs/b16/version_0"
+    wait_for(run / "checkpoints/last.ckpt")  # the end of epoch 1
+    time.sleep(0.3)  # into epoch 2
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("Stopped by SIGTERM")]
+    assert len(lines) == 1 and "Traceback" not in stderr and "Received SIGTERM" not in stderr, stderr
+    stopped = weights(run / "checkpoints/last.ckpt")
+    step = stopped["global_step"]
+    assert 2500 < step < 5000  # within epoch 2, not at its end
+    assert lines[0] == (
+        f"Stopped by SIGTERM in epoch 2 at step {step}: lightning_logs/b16/version_0/checkpoints/last.ckpt holds step"
+        f" {step}; resume with --ckpt_path last"
+    )
+    assert not list(run.glob("checkpoints/*.tmp*"))
+
+    resumed = run_cli("fit", *LONG_FIT, "--ckpt_path", "last", cwd=broken)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumable" not in resumed.stderr and "warn" not in resumed.stderr.lower(), resumed.stderr
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # the same run folder
+    uninterrupted = run_cli("fit", *LONG_FIT, cwd=straight)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+
+    a, b = (weights(folder / "lightning_logs/b16/version_0/checkpoints/last.ckpt") for folder in (straight, broken))
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    for name in a["state_dict"]:
+        assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
+    stopper_a, stopper_b = (next(v for k, v in c["callbacks"].items() if "EarlyStopping" in k) for c in (a, b))
+    for key in ("best_epoch", "wait_count", "stopped_epoch", "best_score"):
+        assert stopper_a[key] == stopper_b[key], key
+    history_a, history_b = (next(v for k, v in c["callbacks"].items() if "RunHistory" in k) for c in (a, b))
+    assert history_a["history"] == history_b["history"]  # the mean train loss of the cut epoch included
+    assert summary(resumed.stdout) == summary(uninterrupted.stdout) and summary(resumed.stdout)
+
+
+def test_sigterm_before_training_exits_143_and_leaves_no_run_folder(tmp_path):
+    """Stopped while the run is built, before a step: nothing trained, nothing to resume, still 143."""
+    process = start(["fit", *LONG_FIT, "--data.n_samples=2000000"], tmp_path)  # its data take a while to make
+    wait_for(tmp_path / "lightning_logs/b16/version_0")
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert stderr.splitlines()[-1] == "terminated: stopped by SIGTERM before training started; nothing to resume"
+    assert "Traceback" not in stderr and not (tmp_path / "lightning_logs").exists(), stderr
+
+
+def start_study(config: Path, jobs: str, cwd: Path) -> subprocess.Popen:
+    return start(["study", "--config", str(config), "--jobs", jobs], cwd)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sigterm_stops_a_study_and_the_same_command_finishes_it(tmp_path, jobs):
+    base = {"trainer": {"accelerator": "cpu", "max_epochs": 3, "log_every_n_steps": 500}}
+    base |= {"data": {"n_samples": 20000}, "early_stopping": {"patience": None}}
+    grid = {"data.batch_size": [512, 8, 256]}
+    config = write_study(tmp_path, grid, base=base)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    process = start_study(config, jobs, tmp_path)
+    first = process.stdout.readline()  # the first finished cell
+    assert first.startswith("[1/3] "), first
+    time.sleep(1.0)  # into the batch-8 cell
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr and "resume with --ckpt_path" not in stderr, stderr
+    last = stderr.splitlines()[-1]
+    assert last.startswith("terminated: ") and "cells finished" in last and "run the same command again" in last, last
+    folder = tmp_path / "lightning_logs/tiny"
+    statuses = {p.parent.name: read_status(p) for p in folder.glob("*/result.json")}
+    assert "interrupted" in statuses.values() and not (folder / "results.csv").exists(), statuses
+
+    again = run_cli("study", "--config", str(config), "--jobs", jobs, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    fresh = run_cli("study", "--config", str(config), "--jobs", jobs, cwd=clean)
+    assert fresh.returncode == 0, fresh.stderr
+    rows, clean_rows = (read_csv(root / "lightning_logs/tiny/results.csv") for root in (tmp_path, clean))
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows] == [
+        {k: v for k, v in r.items() if k not in drop} for r in clean_rows
+    ]
+    assert all(row["status"] == "ok" for row in rows)
+
+
+def read_status(path: Path) -> str:
+    import json
+
+    return json.loads(path.read_text())["row"]["status"]
+
+
+def test_lightning_calls_the_handler_it_replaced_and_stops_at_the_step(workdir, capsys):
+    """What SIGTERM handling relies on in Lightning: during a fit its handler calls the one installed before it
+    (signals.WATCH, which then only notes the signal), and the fit stops at the end of that step with a
+    SIGTERMException, which the checkpoint callback saves at; the loader is resumable (no warning on resume)."""
+    from lightning.pytorch import Callback
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from batchsize_lit.signals import WATCH
+
+    from helpers import bundled_cli
+
+    class Terminate(Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    cli = bundled_cli(["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=2"])
+    cli.trainer.callbacks.append(Terminate())
+    with WATCH.installed(), pytest.raises(SIGTERMException):
+        cli.trainer.fit(cli.model, cli.datamodule)
+    assert WATCH.received
+    last = torch.load(workdir / "lightning_logs/b16/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 3
+    assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 3}]
+    assert "Stopped by SIGTERM in epoch 1 at step 3" in capsys.readouterr().err
