@@ -92,9 +92,15 @@ def check_cells(cell_args: dict[str, list[str]], defaults: Defaults) -> None:
 
 
 def run_cells(
-    cell_args: dict[str, list[str]], folder: Path, jobs: int, defaults: Defaults, on_row: Callable[[dict], None]
+    cell_args: dict[str, list[str]],
+    folder: Path,
+    jobs: int,
+    defaults: Defaults,
+    on_row: Callable[[dict], None],
+    units: list[list[str]] | None = None,
 ) -> None:
-    """Run the cells, serially or in ``jobs`` worker processes, calling on_row with each result as it comes.
+    """Run the cells, serially or in ``jobs`` worker processes, calling on_row with each result as it comes; with
+    ``units``, each unit (a cohort, or one cell) is one task.
 
     Ctrl-C stops the study: a serial cell stops as a fit does, worker processes (which ignore Ctrl-C themselves)
     are ended, and the finished cells are kept; the unfinished ones rerun from scratch next time.
@@ -113,12 +119,13 @@ def run_cells(
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # as in the workers: the same sums in the same order, whatever --jobs
             try:
-                for cell, args in cell_args.items():
-                    record(run_cell(cell, args, folder, defaults)["row"])
+                for unit in units or [[cell] for cell in cell_args]:
+                    for row in run_unit({cell: cell_args[cell] for cell in unit}, folder, defaults):
+                        record(row)
             finally:
                 torch.set_num_threads(threads)
         else:
-            _run_in_workers(cell_args, folder, jobs, defaults, record)
+            _run_in_workers(cell_args, folder, jobs, defaults, record, units)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             f"{done} of {len(cell_args)} cells finished, kept in {folder}; run the same command again to run the others"
@@ -126,15 +133,22 @@ def run_cells(
 
 
 def _run_in_workers(
-    cell_args: dict[str, list[str]], folder: Path, jobs: int, defaults: Defaults, on_row: Callable[[dict], None]
+    cell_args: dict[str, list[str]],
+    folder: Path,
+    jobs: int,
+    defaults: Defaults,
+    on_row: Callable[[dict], None],
+    units: list[list[str]] | None = None,
 ) -> None:
     gpus = gpu_count()
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker, initargs=(gpus,)) as pool:
-        futures = [pool.submit(run_cell, cell, args, folder, defaults) for cell, args in cell_args.items()]
+        tasks = [{cell: cell_args[cell] for cell in unit} for unit in units or [[cell] for cell in cell_args]]
+        futures = [pool.submit(run_unit, task, folder, defaults) for task in tasks]
         try:
             for future in as_completed(futures):  # each row as its cell finishes, whatever the grid order
-                on_row(future.result()["row"])
+                for row in future.result():
+                    on_row(row)
         except BaseException as error:  # Ctrl-C, a dead worker, bad input: no cell runs after it
             pool.shutdown(wait=False, cancel_futures=True)
             for worker in multiprocessing.active_children():  # the pool's processes, mid-cell
@@ -165,6 +179,15 @@ def _init_worker(gpus: int) -> None:
     if gpus > 1:  # pin each worker to its own GPU
         worker = multiprocessing.current_process()._identity[0] - 1
         os.environ["CUDA_VISIBLE_DEVICES"] = str(worker % gpus)
+
+
+def run_unit(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> list[dict[str, Any]]:
+    """Run one cell, or a cohort of cells as one vectorized fit; returns their rows."""
+    if len(unit) == 1:
+        return [run_cell(*next(iter(unit.items())), folder, defaults)["row"]]
+    from batchsize_lit.study.cohort import run_cohort  # imports this module
+
+    return run_cohort(unit, folder, defaults)
 
 
 def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> dict[str, Any]:
