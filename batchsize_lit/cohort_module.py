@@ -7,9 +7,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import functional_call, stack_module_state, vmap
+from torch.utils.data import SequentialSampler
 
-from batchsize_lit.data import InMemoryLoader
+from batchsize_lit.data import EpochShuffleSampler, InMemoryDataset, InMemoryLoader, TensorBatchSampler
 from batchsize_lit.science import _LossOf
 
 
@@ -63,6 +64,9 @@ class CohortLoader:
         return len(self.loaders[0])
 
     def __iter__(self) -> Iterator[Any]:
+        if all(_in_memory(loader) for loader in self.loaders):
+            yield from self._gathered()
+            return
         # An InMemoryLoader draws nothing from the global generator; a plain DataLoader draws at iter and next.
         plain = [not isinstance(loader, InMemoryLoader) for loader in self.loaders]
         iterators = [
@@ -79,6 +83,37 @@ class CohortLoader:
                 return
             yield stack_batches(batches)
 
+    def _gathered(self) -> Iterator[Any]:
+        """In-memory data: each member's epoch order drawn as its sampler would, the K orders stacked into [K, N],
+        and each step's batches cut as one gather ``x[k, idx[k]]``, instead of K loaders and a stack."""
+        if not hasattr(self, "_tensors"):  # the members' tensors, stacked once
+            sets = [loader.dataset.tensors for loader in self.loaders]
+            self._tensors = [torch.stack(list(parts)) for parts in zip(*sets, strict=True)]
+        orders = torch.stack([_order(loader.batch_sampler) for loader in self.loaders])
+        rows = torch.arange(len(self.loaders)).unsqueeze(1)
+        size = self.loaders[0].batch_sampler.batch_size
+        for index in orders.split(size, dim=1):
+            yield tuple(t[rows, index] for t in self._tensors)
+
+
+def _in_memory(loader: Any) -> bool:
+    """An InMemoryLoader cutting batches from an InMemoryDataset in this process, by a TensorBatchSampler."""
+    sampler = getattr(loader, "batch_sampler", None)
+    return (
+        isinstance(loader, InMemoryLoader)
+        and loader.num_workers == 0
+        and isinstance(loader.dataset, InMemoryDataset)
+        and isinstance(sampler, TensorBatchSampler)
+        and not sampler.drop_last
+        and isinstance(sampler.sampler, EpochShuffleSampler | SequentialSampler)
+    )
+
+
+def _order(batch_sampler: TensorBatchSampler) -> Tensor:
+    """The epoch's order of a TensorBatchSampler, as its own __iter__ draws it."""
+    sampler = batch_sampler.sampler
+    return sampler.permutation() if isinstance(sampler, EpochShuffleSampler) else torch.arange(len(sampler))
+
 
 class StackedModel:
     """K copies of one model as stacked parameters and buffers; the loss and its gradient computed for all at once."""
@@ -93,20 +128,28 @@ class StackedModel:
         return functional_call(self.base, (params, buffers), (batch,))
 
     def loss_and_grad(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        """The K losses and their gradients, each member on its own slice of the batch."""
-        grads, losses = vmap(grad_and_value(self._loss))(self.params, self.buffers, batch)
-        return losses, grads
+        """The K losses and their gradients, each member on its own slice of the batch. The members share no
+        parameter, so the gradient of the summed losses holds each member's own gradient (one backward pass,
+        cheaper than vmap over grad for small models)."""
+        params = {name: p.detach().requires_grad_() for name, p in self.params.items()}
+        losses = vmap(self._loss)(params, self.buffers, batch)
+        grads = torch.autograd.grad(losses.sum(), list(params.values()))
+        return losses.detach(), dict(zip(params, grads, strict=True))
 
     def loss(self, batch: Any, shared: bool = False) -> Tensor:
         """The K losses on one batch given to every member (shared) or on a stacked batch."""
         return vmap(self._loss, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, batch)
 
-    def sgd_step(self, grads: dict[str, Tensor], lrs: list[float], active: list[int]) -> None:
-        """p ← p − lr·g for each active member, slice by slice, as torch.optim.SGD updates one model (the same
-        kernel on the same shapes, so the same rounding)."""
+    def sgd_step(self, grads: dict[str, Tensor], lrs: Tensor, active: list[int]) -> None:
+        """p ← p − lr·g for each active member: addcmul with −lr rounds as torch.optim.SGD's add(g, alpha=−lr)."""
+        rate = -lrs
         for name, param in self.params.items():
-            for k in active:
-                param[k].add_(grads[name][k], alpha=-lrs[k])
+            shape = (-1,) + (1,) * (param.dim() - 1)
+            if len(active) == len(rate):
+                param.addcmul_(grads[name], rate.view(shape))
+            else:  # a stopped member stays as it is, even where its gradient is not finite
+                index = torch.tensor(active)
+                param[index] = torch.addcmul(param[index], grads[name][index], rate[index].view(shape))
 
     def load_into(self, k: int, model: nn.Module | None = None) -> nn.Module:
         """Member k's parameters copied into its own model (or the one given), which is returned."""
@@ -134,7 +177,8 @@ class CohortModule(pl.LightningModule):
     def __init__(self, stacked: StackedModel, lrs: list[float], members: Any, loader: CohortLoader) -> None:
         super().__init__()
         self.automatic_optimization = False  # the update is the members' own SGD steps, below
-        self.stacked, self.lrs, self.members, self.loader = stacked, lrs, members, loader
+        self.stacked, self.members, self.loader = stacked, members, loader
+        self.lrs = torch.tensor(lrs, dtype=next(iter(stacked.params.values())).dtype)  # as SGD casts its lr
 
     def train_dataloader(self) -> CohortLoader:
         return self.loader
