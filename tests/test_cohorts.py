@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+
 from helpers import read_csv, run, scalars, write_study
 
 # Early stopping with restore, validation every epoch, a target checked every 5 steps, no checkpoints: lr 3.0
