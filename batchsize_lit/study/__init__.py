@@ -67,6 +67,8 @@ def run_study(
     """
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs={jobs} must be a positive integer")
+    if cohort_size is not None and cohort_size < 1:
+        raise ValueError(f"cohort_size={cohort_size} must be a positive integer")
     folder = Path(root, name or "study")
     quiet_lightning()
     cells = expand(grid)
@@ -86,13 +88,13 @@ def run_study(
         again = [cell for cell in todo if not redo and (folder / cell / "result.json").is_file()]
         if again:  # a result that failed, or that another config made
             print(f"{len(again)} cell(s) rerun, failed or run with another config before: {', '.join(again)}")
+        units = plan(todo, values, cell_args, cohorts, cohort_size, defaults, executor) if todo else []
         if todo and executor == "ray":
             from batchsize_lit.study.ray_executor import run_cells_on_ray
 
             run_cells_on_ray({cell: cell_args[cell] for cell in todo}, folder, defaults, Progress(len(todo)),
                              ray_address, resources)  # fmt: skip
         elif todo:
-            units = plan(todo, values, cell_args, cohorts, cohort_size, defaults)
             run_cells({cell: cell_args[cell] for cell in todo}, folder, min(jobs or default_jobs(), len(units)),
                       defaults, Progress(len(todo)), units)  # fmt: skip
         if trial_index is not None:

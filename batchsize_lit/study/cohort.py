@@ -43,6 +43,7 @@ def plan(
     mode: Literal["auto", "off"],
     size: int | None,
     defaults: Defaults,
+    executor: str = "local",
 ) -> list[list[str]]:
     """The units of work: cohorts where the cells can form them, else single cells, with one line saying why not."""
     singles = [[cell] for cell in todo]
@@ -51,12 +52,21 @@ def plan(
     units = form_cohorts({cell: values[cell] for cell in todo}, size)
     if all(len(unit) == 1 for unit in units):
         return singles
-    problem = cohort_problem(CellCLI(cell_args[units[0][0]], defaults))
-    if problem:
-        print(f"cohorts off: {problem}; the cells run one by one (--cohorts off says so quietly)")
+    if executor != "local":  # Ray runs each cell as its own task, with its own retries and resources
+        print(f"cohorts off: the {executor} executor runs cells one by one (--executor local trains cohorts)")
         return singles
-    print(f"{len(todo)} cells in {len(units)} cohorts (vectorized fits; --cohorts off runs them one by one)")
-    return units
+    planned, reasons = [], []
+    for unit in units:  # each cohort's first cell stands for the others: they differ only in seed and lr
+        problem = cohort_problem(CellCLI(cell_args[unit[0]], defaults)) if len(unit) > 1 else None
+        planned += [[cell] for cell in unit] if problem else [unit]
+        reasons += [problem] if problem and problem not in reasons else []
+    for reason in reasons:
+        print(f"cohorts off: {reason}; the cells run one by one")
+    cohorts = [unit for unit in planned if len(unit) > 1]
+    if cohorts:
+        cells = sum(len(unit) for unit in cohorts)
+        print(f"{cells} cells in {len(cohorts)} cohorts (vectorized fits; --cohorts off runs them one by one)")
+    return planned
 
 
 def cohort_problem(cli: Any) -> str | None:
@@ -165,6 +175,7 @@ def run_cohort(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> 
     lrs = [float(m.cli.model.configure_optimizers().param_groups[0]["lr"]) for m in members]
     stacked = StackedModel([m.cli.model for m in members])
     loader = CohortLoader(loaders, [m.stream for m in members])
+    trainer = None
     try:
         bookkeeping = Members(members, stacked, lrs)
         trainer = Trainer(
@@ -175,6 +186,10 @@ def run_cohort(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "`LightningModule.configure_optimizers` returned `None`")
             trainer.fit(CohortModule(stacked, lrs, bookkeeping, loader))
+    except SystemExit:
+        if trainer is not None and trainer.interrupted:  # Ctrl-C: Lightning stopped the fit; so does the study
+            raise KeyboardInterrupt from None
+        raise
     except Exception as error:  # the cohort's cells are recorded failed, as a cell's own fault is
         text = traceback.format_exc()
         print(f"cohort of {', '.join(unit)} failed: {one_line(error)}", file=sys.stderr)
