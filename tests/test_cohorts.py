@@ -137,3 +137,9 @@ def test_cohorts_in_worker_processes_give_the_same_rows(workdir):
     serial = study(workdir, GRID, BASE, "serial", "--cohorts", "off")
     cohort = study(workdir, {**GRID, "data.batch_size": [16]}, BASE, "jobs", "--jobs", "2", "--cohort_size", "3")
     assert_same_cells(serial, cohort)
+
+
+def test_a_bad_cohort_size_is_one_line(workdir):
+    code = run("--config", str(write_study(workdir, GRID, base=BASE)), "--cohort_size", "0")
+    assert code == "error: cohort_size=0 must be a positive integer"
+    assert not (workdir / "lightning_logs").exists()
