@@ -143,3 +143,9 @@ def test_a_bad_cohort_size_is_one_line(workdir):
     code = run("--config", str(write_study(workdir, GRID, base=BASE)), "--cohort_size", "0")
     assert code == "error: cohort_size=0 must be a positive integer"
     assert not (workdir / "lightning_logs").exists()
+
+
+def test_trial_index_runs_its_cell_alone(workdir, capsys):
+    folder = study(workdir, GRID, BASE, "array", "--trial_index", "1")
+    assert "cohort" not in capsys.readouterr().out
+    assert [path.name for path in folder.iterdir()] == ["lr0.05_seed1"]

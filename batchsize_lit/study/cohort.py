@@ -16,7 +16,7 @@ from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, ModelCheckpo
 from batchsize_lit.cohort_module import CohortLoader, CohortModule, StackedModel, stack_batches
 from batchsize_lit.errors import one_line
 from batchsize_lit.problem import has_loss
-from batchsize_lit.science import GradientNoiseScale, StepsToTarget
+from batchsize_lit.science import GradientNoiseScale, StepsToTarget, _first_tensor
 from batchsize_lit.study.members import Member, Members
 from batchsize_lit.study.run import CellCLI, Defaults, _has_test_data, quiet_lightning, result_row, write_result
 from batchsize_lit.trainer_info import find_callback, global_batch_size, scalar_metrics
@@ -153,7 +153,7 @@ def _model_problem(cli: Any) -> str | None:
     if set(logged) != {monitor}:
         return f"validation logs {', '.join(sorted(logged))}, not just {monitor}"
     batches = list(datamodule.val_dataloader())
-    sizes = [len(b[0]) if isinstance(b, list | tuple) else len(b) for b in batches]
+    sizes = [len(_first_tensor(batch)) for batch in batches]
     with torch.no_grad():
         mean = sum(float(model.loss(b)) * n for b, n in zip(batches, sizes, strict=True)) / sum(sizes)
     if abs(mean - logged[monitor]) > 1e-4 * max(1.0, abs(mean)):

@@ -1,16 +1,23 @@
 """The per-member bookkeeping of a cohort fit: what each cell's own callbacks would record, log and decide."""
 
-import math
 import os
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 
 from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, RunHistory
 from batchsize_lit.cohort_module import MemberStream, StackedModel, stack_batches
 from batchsize_lit.problem import reference_facts, run_report
-from batchsize_lit.science import GradientNoiseScale, StepsToTarget, _concatenate, _examples, per_example_noise_scale
+from batchsize_lit.science import (
+    GradientNoiseScale,
+    StepsToTarget,
+    _concatenate,
+    _examples,
+    _first_tensor,
+    per_example_noise_scale,
+)
 from batchsize_lit.trainer_info import find_callback
 
 
@@ -76,18 +83,19 @@ class Members:
             if target is not None and target.every_n_steps:
                 loader = cli.datamodule.val_dataloader
                 target._val = member.stream.run(lambda loader=loader: _concatenate(list(loader())))
-            if member.noise is not None:
+            if member.noise is not None:  # as GradientNoiseScale reads them: drawing nothing training would see
                 member.noise.method = "per_example"
-                member.noise._examples, member.noise._population = _examples(
-                    cli.datamodule.train_dataloader(), member.noise.max_examples
-                )
+                with isolate_rng():
+                    member.noise._examples, member.noise._population = _examples(
+                        cli.datamodule.train_dataloader(), member.noise.max_examples
+                    )
 
     def active(self) -> list[int]:
         return [k for k, member in enumerate(self.members) if member.running]
 
     def after_step(self, losses: Tensor, batch: Any, active: list[int], epoch: int, last: bool) -> bool:
         """Each active member's bookkeeping after a step; True once every member has stopped."""
-        size = len(_first(batch)[0])
+        size = len(_first_tensor(batch)[0])
         for k in active:
             member = self.members[k]
             member.step += 1
@@ -161,7 +169,7 @@ class Members:
         total, count = None, 0
         with torch.no_grad():
             for parts in zip(*batches, strict=True):
-                size = len(_first(parts[0]))
+                size = len(_first_tensor(parts[0]))
                 values = torch.func.vmap(self.stacked._loss)(params, buffers, stack_batches(list(parts))) * size
                 total, count = values if total is None else total + values, count + size
         for i, k in enumerate(ks):
@@ -240,14 +248,3 @@ class Members:
 
 def _epoch_due(epoch: int, every: int | None) -> bool:
     return bool(every) and (epoch + 1) % every == 0
-
-
-def _first(batch: Any) -> Tensor:
-    if isinstance(batch, Tensor):
-        return batch
-    values = batch.values() if isinstance(batch, dict) else batch
-    return next(_first(value) for value in values)
-
-
-def finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
