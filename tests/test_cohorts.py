@@ -86,7 +86,7 @@ def test_cohort_rows_equal_serial_rows_with_early_stopping_restore_and_divergenc
 def test_cohort_size_splits_cohorts(workdir, capsys):
     grid = {"data.batch_size": [16], "model.lr": [0.05, 0.4], "seed_everything": [0, 1]}
     serial = study(workdir, grid, BASE, "serial", "--cohorts", "off")
-    cohort = study(workdir, grid, BASE, "cohort", "--cohort_size", "3")
+    cohort = study(workdir, grid, BASE, "cohort", "--cohort_size", "2")
     assert "4 cells in 2 cohorts" in capsys.readouterr().out
     assert_same_cells(serial, cohort)
 
