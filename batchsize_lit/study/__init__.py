@@ -9,7 +9,7 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namesp
 
 from batchsize_lit.cli import config_stem
 from batchsize_lit.errors import config_file_problem, config_with_keys, did_you_mean
-from batchsize_lit.study.cohort import plan
+from batchsize_lit.study.cohort import plan, run_unit
 from batchsize_lit.study.grid import SHORT_NAMES, cell_name, expand, fit_args, group_name
 from batchsize_lit.study.report import report
 from batchsize_lit.study.run import (
@@ -96,7 +96,7 @@ def run_study(
                              ray_address, resources)  # fmt: skip
         elif todo:
             run_cells({cell: cell_args[cell] for cell in todo}, folder, min(jobs or default_jobs(), len(units)),
-                      defaults, Progress(len(todo)), units)  # fmt: skip
+                      defaults, Progress(len(todo)), units, run_unit)  # fmt: skip
         if trial_index is not None:
             return 0
     rows = [read_result(folder / cell) for cell in names]

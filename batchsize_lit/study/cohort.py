@@ -18,7 +18,15 @@ from batchsize_lit.errors import one_line
 from batchsize_lit.problem import has_loss
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget, _first_tensor
 from batchsize_lit.study.members import Member, Members
-from batchsize_lit.study.run import CellCLI, Defaults, _has_test_data, quiet_lightning, result_row, write_result
+from batchsize_lit.study.run import (
+    CellCLI,
+    Defaults,
+    _has_test_data,
+    quiet_lightning,
+    result_row,
+    run_one,
+    write_result,
+)
 from batchsize_lit.trainer_info import find_callback, global_batch_size, scalar_metrics
 
 # The grid keys in which the cells of a cohort may differ: neither changes the shape of the computation.
@@ -159,6 +167,11 @@ def _model_problem(cli: Any) -> str | None:
     if abs(mean - logged[monitor]) > 1e-4 * max(1.0, abs(mean)):
         return f"the logged {monitor} is not the mean of loss(batch) over the validation batches"
     return None
+
+
+def run_unit(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> list[dict[str, Any]]:
+    """Run one cell, or a cohort of cells as one vectorized fit; returns their rows."""
+    return run_one(unit, folder, defaults) if len(unit) == 1 else run_cohort(unit, folder, defaults)
 
 
 def run_cohort(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> list[dict[str, Any]]:

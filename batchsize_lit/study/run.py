@@ -33,6 +33,7 @@ from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.trainer_info import batch_size, find_callback, global_batch_size, learning_rate, scalar_metrics
 
 Defaults = tuple[type[LightningModule] | None, type[LightningDataModule] | None]
+UnitRunner = Callable[[dict[str, list[str]], Path, Defaults], list[dict[str, Any]]]
 
 
 def quiet_lightning() -> None:
@@ -91,6 +92,11 @@ def check_cells(cell_args: dict[str, list[str]], defaults: Defaults) -> None:
         del cli
 
 
+def run_one(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> list[dict[str, Any]]:
+    """Run a unit of one cell; returns its row, in a list as a cohort's runner returns its cells' rows."""
+    return [run_cell(*next(iter(unit.items())), folder, defaults)["row"]]
+
+
 def run_cells(
     cell_args: dict[str, list[str]],
     folder: Path,
@@ -98,9 +104,10 @@ def run_cells(
     defaults: Defaults,
     on_row: Callable[[dict], None],
     units: list[list[str]] | None = None,
+    run_unit: UnitRunner = run_one,
 ) -> None:
     """Run the cells, serially or in ``jobs`` worker processes, calling on_row with each result as it comes; with
-    ``units``, each unit (a cohort, or one cell) is one task.
+    ``units``, each unit (a cohort, or one cell) is one task of ``run_unit``.
 
     Ctrl-C stops the study: a serial cell stops as a fit does, worker processes (which ignore Ctrl-C themselves)
     are ended, and the finished cells are kept; the unfinished ones rerun from scratch next time.
@@ -125,7 +132,7 @@ def run_cells(
             finally:
                 torch.set_num_threads(threads)
         else:
-            _run_in_workers(cell_args, folder, jobs, defaults, record, units)
+            _run_in_workers(cell_args, folder, jobs, defaults, record, units, run_unit)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             f"{done} of {len(cell_args)} cells finished, kept in {folder}; run the same command again to run the others"
@@ -139,6 +146,7 @@ def _run_in_workers(
     defaults: Defaults,
     on_row: Callable[[dict], None],
     units: list[list[str]] | None = None,
+    run_unit: UnitRunner = run_one,
 ) -> None:
     gpus = gpu_count()
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
@@ -179,15 +187,6 @@ def _init_worker(gpus: int) -> None:
     if gpus > 1:  # pin each worker to its own GPU
         worker = multiprocessing.current_process()._identity[0] - 1
         os.environ["CUDA_VISIBLE_DEVICES"] = str(worker % gpus)
-
-
-def run_unit(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> list[dict[str, Any]]:
-    """Run one cell, or a cohort of cells as one vectorized fit; returns their rows."""
-    if len(unit) == 1:
-        return [run_cell(*next(iter(unit.items())), folder, defaults)["row"]]
-    from batchsize_lit.study.cohort import run_cohort  # imports this module
-
-    return run_cohort(unit, folder, defaults)
 
 
 def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> dict[str, Any]:
