@@ -117,7 +117,7 @@ class Members:
             if member.running and (last or member.should_stop or at_max):
                 self._epoch_end(k, epoch)
                 if member.running and (member.should_stop or at_max):
-                    self._finish(k)
+                    finish(self.members[k], k, self.stacked)
         return not self.active()
 
     def _target_checks(self, active: list[int]) -> None:
@@ -238,31 +238,6 @@ class Members:
         if member.divergence is not None and member.last_loss is not None and not torch.isfinite(member.last_loss):
             self._diverge(member)
 
-    def _finish(self, k: int) -> None:
-        """A member's train end and fit end: best weights restored, the noise scale at the target, the target and
-        hparams logged; it is updated no more."""
-        member = self.members[k]
-        member.running = False
-        target, noise = member.target, member.noise
-        if target is not None and member.reached_weights is not None and noise is not None:
-            model = self.stacked.models[k]
-            current = self.stacked.snapshot(k)
-            self.stacked.restore(k, member.reached_weights)
-            self.stacked.load_into(k, model)
-            examples = noise._examples
-            noise.last = per_example_noise_scale(model.eval(), examples, noise._population)
-            model.train()
-            member.log({f"gns/{key}": value for key, value in noise.last.items()}, member.step)
-            target.b_simple_at_target = noise.last.get("b_simple")
-            self.stacked.restore(k, current)
-        if member.early is not None and member.early.restore_best_weights and member.best_weights is not None:
-            self.stacked.restore(k, member.best_weights)
-        if target is not None:
-            metrics = {f"target/{target.monitor}": target.target}
-            if target.reached_step is not None:
-                metrics.update({"target/steps": target.reached_step, "target/samples": target.reached_samples})
-            member.log({key: value for key, value in metrics.items() if value is not None}, member.step)
-
 
 def _epoch_due(epoch: int, every: int | None) -> bool:
     return bool(every) and (epoch + 1) % every == 0
@@ -275,3 +250,28 @@ def validate(cli: Any) -> dict[str, float]:
         return scalar_metrics(cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0])
     finally:
         cli.trainer.loggers = loggers
+
+
+def finish(member: Member, k: int, stacked: StackedModel) -> None:
+    """A member's train end and fit end, as its cell's callbacks run them: the noise scale measured at the
+    weights where the target was reached, the best weights restored, the target logged; it is updated no more."""
+    member.running = False
+    target, noise = member.target, member.noise
+    if target is not None and member.reached_weights is not None and noise is not None:
+        model = stacked.models[k]
+        current = stacked.snapshot(k)
+        stacked.restore(k, member.reached_weights)
+        stacked.load_into(k, model)
+        examples = noise._examples
+        noise.last = per_example_noise_scale(model.eval(), examples, noise._population)
+        model.train()
+        member.log({f"gns/{key}": value for key, value in noise.last.items()}, member.step)
+        target.b_simple_at_target = noise.last.get("b_simple")
+        stacked.restore(k, current)
+    if member.early is not None and member.early.restore_best_weights and member.best_weights is not None:
+        stacked.restore(k, member.best_weights)
+    if target is not None:
+        metrics = {f"target/{target.monitor}": target.target}
+        if target.reached_step is not None:
+            metrics.update({"target/steps": target.reached_step, "target/samples": target.reached_samples})
+        member.log({key: value for key, value in metrics.items() if value is not None}, member.step)
