@@ -106,6 +106,14 @@ def test_a_forks_cohort_with_plain_dataloaders_equals_its_serial_cells(workdir, 
         ({"checkpoint": {"save_top_k": 1}}, "checkpoints are saved"),
         ({"model": {"class_path": "fork.regression.StepLossRegressor"}}, "has no loss(batch) method"),
         ({"trainer": {"accelerator": "cpu", "max_epochs": 2, "accumulate_grad_batches": 2}}, "accumulate_grad"),
+        (
+            {
+                "model": {"class_path": "batchsize_lit.digits.MLPClassifier"},
+                "data": {"class_path": "batchsize_lit.digits.DigitsDataModule"},
+                "early_stopping": {"patience": 2},
+            },
+            "validation logs val_acc, val_loss, not just val_loss",
+        ),
     ],
 )
 def test_cells_that_cannot_form_cohorts_say_why_in_one_line(workdir, capsys, change, reason):
@@ -149,21 +157,3 @@ def test_trial_index_runs_its_cell_alone(workdir, capsys):
     folder = study(workdir, GRID, BASE, "array", "--trial_index", "1")
     assert "cohort" not in capsys.readouterr().out
     assert [path.name for path in folder.iterdir()] == ["lr0.05_seed1"]
-
-
-def test_a_model_validating_more_than_its_loss_validates_each_member_itself(workdir, capsys):
-    """The digits classifier logs val_acc too: each member runs its own validation, and logs what a cell logs."""
-    pytest.importorskip("sklearn")
-    base = {
-        "model": {"class_path": "batchsize_lit.digits.MLPClassifier", "init_args": {"hidden": 16}},
-        "data": {"class_path": "batchsize_lit.digits.DigitsDataModule"},
-        "early_stopping": {"patience": 1},
-        "checkpoint": {"save_top_k": 0, "save_last": False},
-        "trainer": {"accelerator": "cpu", "max_epochs": 4},
-    }
-    grid = {"data.batch_size": [256], "model.lr": [0.5], "seed_everything": [0, 1]}
-    serial = study(workdir, grid, base, "serial", "--cohorts", "off")
-    cohort = study(workdir, grid, base, "cohort")
-    assert "2 cells in 1 cohorts" in capsys.readouterr().out
-    rows = assert_same_cells(serial, cohort, exact=False)
-    assert all(row["val_acc"] and row["test_acc"] for row in rows)

@@ -17,7 +17,7 @@ from batchsize_lit.cohort_module import CohortLoader, CohortModule, StackedModel
 from batchsize_lit.errors import one_line
 from batchsize_lit.problem import has_loss
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget, _first_tensor
-from batchsize_lit.study.members import Member, Members, validate
+from batchsize_lit.study.members import Member, Members
 from batchsize_lit.study.run import (
     CellCLI,
     Defaults,
@@ -139,8 +139,8 @@ def _callback_problem(trainer: Trainer) -> str | None:
 
 
 def _model_problem(cli: Any) -> str | None:
-    """Whether training_step is loss(batch) and logs nothing, vmap runs the model and its validation logs the
-    monitor: tried on the first cell's first batches, leaving no trace."""
+    """Whether training_step is loss(batch) and logs nothing, validation logs just the monitor as the mean of
+    loss(batch), and vmap runs the model: tried on the first cell's first batches, leaving no trace."""
     model, datamodule, monitor = cli.model, cli.datamodule, find_callback(cli.trainer, RunHistory).monitor
     with isolate_rng(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -151,24 +151,22 @@ def _model_problem(cli: Any) -> str | None:
                 return "training_step does more than return loss(batch)"
             if any("self.log" in str(warning.message) for warning in caught):
                 return "training_step logs its own metrics"
-            StackedModel([model]).loss_and_grad(stack_batches([batch]))
-            logged = validate(cli)
+            stacked = StackedModel([model])
+            stacked.loss_and_grad(stack_batches([batch]))
+            loggers, cli.trainer.loggers = cli.trainer.loggers, []
+            logged = cli.trainer.validate(model, datamodule, verbose=False)[0]
+            cli.trainer.loggers = loggers
         except Exception as error:
             return f"the model cannot run vectorized ({one_line(error)})"
-    return None if monitor in logged else f"its validation does not log {monitor}"
-
-
-def validation_is_mean_loss(cli: Any) -> bool:
-    """Whether the model's validation logs just the monitor, as the mean of loss(batch) over the validation
-    batches: then a cohort computes it for all members at once; else each member runs its own validation."""
-    monitor = find_callback(cli.trainer, RunHistory).monitor
-    with isolate_rng():
-        logged = validate(cli)
-        batches = list(cli.datamodule.val_dataloader())
+    if set(logged) != {monitor}:
+        return f"validation logs {', '.join(sorted(logged))}, not just {monitor}"
+    batches = list(datamodule.val_dataloader())
     sizes = [len(_first_tensor(batch)) for batch in batches]
     with torch.no_grad():
-        mean = sum(float(cli.model.loss(b)) * n for b, n in zip(batches, sizes, strict=True)) / sum(sizes)
-    return set(logged) == {monitor} and abs(mean - logged[monitor]) <= 1e-4 * max(1.0, abs(mean))
+        mean = sum(float(model.loss(b)) * n for b, n in zip(batches, sizes, strict=True)) / sum(sizes)
+    if abs(mean - logged[monitor]) > 1e-4 * max(1.0, abs(mean)):
+        return f"the logged {monitor} is not the mean of loss(batch) over the validation batches"
+    return None
 
 
 def run_unit(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> list[dict[str, Any]]:
@@ -192,7 +190,7 @@ def run_cohort(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> 
     loader = CohortLoader(loaders, [m.stream for m in members])
     trainer = None
     try:
-        bookkeeping = Members(members, stacked, lrs, own_validation=not validation_is_mean_loss(members[0].cli))
+        bookkeeping = Members(members, stacked, lrs)
         trainer = Trainer(
             accelerator="cpu", devices=1, max_epochs=members[0].cli.trainer.max_epochs, max_steps=-1, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -224,8 +222,8 @@ def _finish_member(member: Member, k: int, stacked: StackedModel, lr: float, whe
     cli, metrics = member.cli, {}
     stacked.load_into(k)
     if member.status == "ok":
-        if member.monitor_value is not None:  # what the last validation logged, as callback_metrics holds it
-            metrics.update(member.logged or {member.history.monitor: member.monitor_value})
+        if member.monitor_value is not None:
+            metrics[member.history.monitor] = member.monitor_value
         if is_overridden("test_step", cli.model) and _has_test_data(cli):
             loggers, cli.trainer.loggers = cli.trainer.loggers, []
             for results in cli.trainer.test(cli.model, cli.datamodule, verbose=False):

@@ -18,7 +18,7 @@ from batchsize_lit.science import (
     _first_tensor,
     per_example_noise_scale,
 )
-from batchsize_lit.trainer_info import find_callback, scalar_metrics
+from batchsize_lit.trainer_info import find_callback
 
 
 class Member:
@@ -40,7 +40,6 @@ class Member:
         self.loss_sum: Tensor | None = None
         self.batches, self.validated, self.last_loss = 0, None, None
         self.monitor_value: float | None = None  # the monitor's latest value, as callback_metrics holds it
-        self.logged: dict[str, float] = {}  # everything the latest validation logged, where it ran its own
         self.held, self.reached_weights = 0, None
         self.best_weights: dict[str, Tensor] | None = None
 
@@ -53,8 +52,8 @@ class Members:
     """Drives the members through one cohort fit in the order a serial cell's callbacks run, step by step: the
     target check, the train loss, the divergence check, validation with early stopping, then the epoch's end."""
 
-    def __init__(self, members: list[Member], stacked: StackedModel, lrs: list[float], own_validation: bool) -> None:
-        self.members, self.stacked, self.lrs, self.own_validation = members, stacked, lrs, own_validation
+    def __init__(self, members: list[Member], stacked: StackedModel, lrs: list[float]) -> None:
+        self.members, self.stacked, self.lrs = members, stacked, lrs
         first = members[0].cli
         self.trainer, self.datamodule = first.trainer, first.datamodule
         self.max_steps, self.max_epochs = self.trainer.max_steps, self.trainer.max_epochs
@@ -158,24 +157,8 @@ class Members:
         member.running, member.status = False, "diverged"
 
     def _validate(self, ks: list[int], epoch: int) -> None:
-        """Each validating member's validation, then what a cell does with it: logging, the target, early stopping.
-
-        Where the model's validation logs just the monitor as the mean of loss(batch), it is computed for the
-        members at once; else each member's own trainer validates its weights (a few milliseconds each)."""
-        if self.own_validation:
-            logged = [self._own_validation(k) for k in ks]
-        else:
-            logged = [{self.members[ks[0]].history.monitor: value} for value in self._mean_losses(ks)]
-        for k, metrics in zip(ks, logged, strict=True):
-            self._validated(k, epoch, metrics)
-
-    def _own_validation(self, k: int) -> dict[str, float]:
-        member = self.members[k]
-        self.stacked.load_into(k)
-        member.logged = member.stream.run(lambda: validate(member.cli))  # its val loader draws as the cell's
-        return member.logged
-
-    def _mean_losses(self, ks: list[int]) -> list[float]:
+        """The monitor of each validating member: the mean of loss(batch) over its validation batches, weighted by
+        their sizes (the model's own validation was checked to log just that, when the cohort was formed)."""
         loaders = [self.members[k].cli.datamodule.val_dataloader() for k in ks]
         batches = [
             self.members[k].stream.run(lambda loader=loader: list(loader))
@@ -189,19 +172,18 @@ class Members:
                 size = len(_first_tensor(parts[0]))
                 values = torch.func.vmap(self.stacked._loss)(params, buffers, stack_batches(list(parts))) * size
                 total, count = values if total is None else total + values, count + size
-        return [float(total[i] / count) for i in range(len(ks))]
-
-    def _validated(self, k: int, epoch: int, logged: dict[str, float]) -> None:
-        member, history = self.members[k], self.members[k].history
-        value = logged[history.monitor]
-        member.monitor_value, member.validated = value, epoch
-        member.log({f"by_epoch/{history.monitor}": value}, epoch + 1)
-        member.log({f"by_samples/{history.monitor}": value}, history.samples)
-        member.log({**logged, "epoch": epoch}, member.step - 1)  # where Lightning logs it
-        if member.target is not None and not member.target.every_n_steps:
-            self._target_check(k, value)
-        if not self.early_at_epoch_end:
-            self._early_stopping(k, epoch)
+        for i, k in enumerate(ks):
+            member = self.members[k]
+            value = float(total[i] / count)
+            member.monitor_value, member.validated = value, epoch
+            history = member.history
+            member.log({f"by_epoch/{history.monitor}": value}, epoch + 1)
+            member.log({f"by_samples/{history.monitor}": value}, history.samples)
+            member.log({history.monitor: value, "epoch": epoch}, member.step - 1)  # where Lightning logs it
+            if member.target is not None and not member.target.every_n_steps:
+                self._target_check(k, value)
+            if not self.early_at_epoch_end:
+                self._early_stopping(k, epoch)
 
     def _early_stopping(self, k: int, epoch: int) -> None:
         member, early = self.members[k], self.members[k].early
@@ -241,15 +223,6 @@ class Members:
 
 def _epoch_due(epoch: int, every: int | None) -> bool:
     return bool(every) and (epoch + 1) % every == 0
-
-
-def validate(cli: Any) -> dict[str, float]:
-    """The cell's own validation of its model's current weights, by its own trainer, logging nowhere."""
-    loggers, cli.trainer.loggers = cli.trainer.loggers, []
-    try:
-        return scalar_metrics(cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0])
-    finally:
-        cli.trainer.loggers = loggers
 
 
 def finish(member: Member, k: int, stacked: StackedModel) -> None:
