@@ -9,6 +9,7 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namesp
 
 from batchsize_lit.cli import config_stem
 from batchsize_lit.errors import config_file_problem, config_with_keys, did_you_mean
+from batchsize_lit.study.cohort import plan, run_unit
 from batchsize_lit.study.grid import SHORT_NAMES, cell_name, expand, fit_args, group_name
 from batchsize_lit.study.report import report
 from batchsize_lit.study.run import (
@@ -34,6 +35,8 @@ def run_study(
     executor: Literal["local", "ray"] = "local",
     ray_address: str | None = None,
     resources: dict[str, float] | None = None,
+    cohorts: Literal["auto", "off"] = "auto",
+    cohort_size: int | None = None,
     defaults: Defaults = (None, None),
 ) -> int:
     """Run every combination of the grid as a fit, then write results.csv and plots.
@@ -53,6 +56,10 @@ def run_study(
         ray_address: The Ray cluster to join (``auto``, ``ray://host:port``); default: start or join a local one.
         resources: Ray resources of each cell, e.g. {num_cpus: 2, num_gpus: 1}; default 1 CPU, and 1 GPU when the
             cell's trainer uses a GPU.
+        cohorts: auto trains the cells that differ only in seed_everything and model.lr together, as one
+            vectorized fit (a cohort), where the model and config allow it, and says why not where they do not;
+            off runs every cell as its own fit. A cell's results are the same either way.
+        cohort_size: The most cells in one cohort; default all that can form one.
         defaults: The model and data module classes a cell uses when its config names none.
 
     Returns:
@@ -60,13 +67,16 @@ def run_study(
     """
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs={jobs} must be a positive integer")
+    if cohort_size is not None and cohort_size < 1:
+        raise ValueError(f"cohort_size={cohort_size} must be a positive integer")
     folder = Path(root, name or "study")
     quiet_lightning()
     cells = expand(grid)
     if trial_index is not None and not 0 <= trial_index < len(cells):
         raise ValueError(f"trial_index={trial_index} is outside the grid's {len(cells)} cells (0 to {len(cells) - 1})")
     names = [cell_name(cell, grid) for cell in cells]
-    varying = [key for key, values in grid.items() if len(values) > 1]
+    values = dict(zip(names, cells, strict=True))
+    varying = [key for key, choices in grid.items() if len(choices) > 1]
     cell_args = {name: fit_args(base, cell, folder, name, varying) for name, cell in zip(names, cells, strict=True)}
     if not report_only:
         if executor == "ray":
@@ -79,14 +89,15 @@ def run_study(
         again = [cell for cell in todo if not redo and (folder / cell / "result.json").is_file()]
         if again:  # a result that failed, or that another config made
             print(f"{len(again)} cell(s) rerun, failed or run with another config before: {', '.join(again)}")
+        units = plan(todo, values, cell_args, cohorts, cohort_size, defaults, executor) if todo else []
         if todo and executor == "ray":
             from batchsize_lit.study.ray_executor import run_cells_on_ray
 
             run_cells_on_ray({cell: cell_args[cell] for cell in todo}, folder, defaults, Progress(len(todo)),
                              ray_address, resources)  # fmt: skip
         elif todo:
-            run_cells({cell: cell_args[cell] for cell in todo}, folder, min(jobs or default_jobs(), len(todo)),
-                      defaults, Progress(len(todo)))  # fmt: skip
+            run_cells({cell: cell_args[cell] for cell in todo}, folder, min(jobs or default_jobs(), len(units)),
+                      defaults, Progress(len(todo)), units, run_unit)  # fmt: skip
         if trial_index is not None:
             return 0
     rows = [read_result(folder / cell) for cell in names]
@@ -98,7 +109,6 @@ def run_study(
         return 1
     # The grid's keys that no documented column holds (a fork's model.hidden) become columns of their own.
     settings = [key for key in grid if key not in SHORT_NAMES]
-    values = dict(zip(names, cells, strict=True))
     rows = [{**{key: values[row["cell"]][key] for key in settings}, **row} for row in rows]
     report(rows, folder, {name: group_name(cell, grid) for name, cell in values.items()}, settings)
     failed = [row["cell"] for row in rows if row["status"] == "failed"]
@@ -193,5 +203,7 @@ def run_command(argv: list[str], *defaults: Any) -> int:
         executor=config.executor,
         ray_address=config.ray_address,
         resources=config.resources,
+        cohorts=config.cohorts,
+        cohort_size=config.cohort_size,
         defaults=tuple(defaults),
     )

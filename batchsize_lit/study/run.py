@@ -35,6 +35,7 @@ from batchsize_lit.signals import SIGTERM_STATUS, Terminated, is_sigterm, worker
 from batchsize_lit.trainer_info import batch_size, find_callback, global_batch_size, learning_rate, scalar_metrics
 
 Defaults = tuple[type[LightningModule] | None, type[LightningDataModule] | None]
+UnitRunner = Callable[[dict[str, list[str]], Path, Defaults], list[dict[str, Any]]]
 
 
 def quiet_lightning() -> None:
@@ -93,10 +94,22 @@ def check_cells(cell_args: dict[str, list[str]], defaults: Defaults) -> None:
         del cli
 
 
+def run_one(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> list[dict[str, Any]]:
+    """Run a unit of one cell; returns its row, in a list as a cohort's runner returns its cells' rows."""
+    return [run_cell(*next(iter(unit.items())), folder, defaults)["row"]]
+
+
 def run_cells(
-    cell_args: dict[str, list[str]], folder: Path, jobs: int, defaults: Defaults, on_row: Callable[[dict], None]
+    cell_args: dict[str, list[str]],
+    folder: Path,
+    jobs: int,
+    defaults: Defaults,
+    on_row: Callable[[dict], None],
+    units: list[list[str]] | None = None,
+    run_unit: UnitRunner = run_one,
 ) -> None:
-    """Run the cells, serially or in ``jobs`` worker processes, calling on_row with each result as it comes.
+    """Run the cells, serially or in ``jobs`` worker processes, calling on_row with each result as it comes; with
+    ``units``, each unit (a cohort, or one cell) is one task of ``run_unit``.
 
     Ctrl-C stops the study: a serial cell stops as a fit does, worker processes (which ignore Ctrl-C themselves)
     are ended, and the finished cells are kept; the unfinished ones rerun from scratch next time.
@@ -115,12 +128,13 @@ def run_cells(
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # as in the workers: the same sums in the same order, whatever --jobs
             try:
-                for cell, args in cell_args.items():
-                    record(run_cell(cell, args, folder, defaults)["row"])
+                for unit in units or [[cell] for cell in cell_args]:
+                    for row in run_unit({cell: cell_args[cell] for cell in unit}, folder, defaults):
+                        record(row)
             finally:
                 torch.set_num_threads(threads)
         else:
-            _run_in_workers(cell_args, folder, jobs, defaults, record)
+            _run_in_workers(cell_args, folder, jobs, defaults, record, units, run_unit)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             f"{done} of {len(cell_args)} cells finished, kept in {folder}; run the same command again to run the others"
@@ -133,15 +147,23 @@ def run_cells(
 
 
 def _run_in_workers(
-    cell_args: dict[str, list[str]], folder: Path, jobs: int, defaults: Defaults, on_row: Callable[[dict], None]
+    cell_args: dict[str, list[str]],
+    folder: Path,
+    jobs: int,
+    defaults: Defaults,
+    on_row: Callable[[dict], None],
+    units: list[list[str]] | None = None,
+    run_unit: UnitRunner = run_one,
 ) -> None:
     gpus = gpu_count()
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker, initargs=(gpus,)) as pool:
-        futures = [pool.submit(_worker_cell, cell, args, folder, defaults) for cell, args in cell_args.items()]
+        tasks = [{cell: cell_args[cell] for cell in unit} for unit in units or [[cell] for cell in cell_args]]
+        futures = [pool.submit(_worker_unit, run_unit, task, folder, defaults) for task in tasks]
         try:
             for future in as_completed(futures):  # each row as its cell finishes, whatever the grid order
-                on_row(future.result()["row"])
+                for row in future.result():
+                    on_row(row)
         except BaseException as error:  # Ctrl-C, a dead worker, bad input: no cell runs after it
             pool.shutdown(wait=False, cancel_futures=True)
             _stop_workers(graceful=isinstance(error, Terminated))
@@ -169,11 +191,13 @@ def _stop_workers(graceful: bool) -> None:
             worker.join()
 
 
-def _worker_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> dict[str, Any]:
-    """run_cell in a worker process; a worker whose cell SIGTERM stopped ends, as the study does, once the cell is
-    recorded, rather than take the next cell from the queue."""
+def _worker_unit(
+    run_unit: UnitRunner, unit: dict[str, list[str]], folder: Path, defaults: Defaults
+) -> list[dict[str, Any]]:
+    """A unit (one cell or a cohort) in a worker process; a worker whose unit SIGTERM stopped ends, as the study
+    does, once its cells are recorded, rather than take the next unit from the queue."""
     try:
-        return run_cell(cell, args, folder, defaults)
+        return run_unit(unit, folder, defaults)
     except Terminated:
         sys.stderr.flush()
         os._exit(SIGTERM_STATUS)

@@ -71,3 +71,17 @@ class StepLossRegressor(SineRegressor):
         loss = F.mse_loss(self(x), y)
         self.log("train_loss", loss)
         return loss
+
+
+class SineSGDRegressor(SineRegressor):
+    """SineRegressor trained by plain SGD, with its loss as loss(batch): a fork whose study cells form cohorts."""
+
+    def loss(self, batch: list[Tensor]) -> Tensor:
+        x, y = batch
+        return F.mse_loss(self(x), y)
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        return self.loss(batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)

@@ -1,0 +1,202 @@
+"""A LightningModule that trains K copies of one model at once: stacked parameters, a vmapped loss, plain SGD."""
+
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.utils.data import SequentialSampler
+
+from batchsize_lit.data import EpochShuffleSampler, InMemoryDataset, InMemoryLoader, TensorBatchSampler
+from batchsize_lit.science import _LossOf
+
+
+def stack_batches(batches: list[Any]) -> Any:
+    """The members' batches as one batch with a leading member dimension, in tuples, lists and dicts."""
+    first = batches[0]
+    if isinstance(first, Tensor):
+        return torch.stack(batches)
+    if isinstance(first, dict):
+        return {key: stack_batches([b[key] for b in batches]) for key in first}
+    if isinstance(first, list | tuple):
+        return type(first)(stack_batches(list(parts)) for parts in zip(*batches, strict=True))
+    raise TypeError(f"a batch of {type(first).__name__} cannot be stacked")
+
+
+class MemberStream:
+    """One member's own global torch generator: a plain DataLoader draws its shuffle seed (and base seed) from the
+    global generator, so each member's loader runs with the state its own cell's fit would have had."""
+
+    def __init__(self) -> None:
+        self.state = torch.get_rng_state()
+
+    def run(self, function: Callable[[], Any]) -> Any:
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.state)
+        try:
+            return function()
+        finally:
+            self.state = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+
+class CohortLoader:
+    """Zips the members' own loaders, each iterated as its cell's would be, into batches of shape [K, B, ...].
+
+    Lightning sets the epoch through ``sampler.set_epoch`` on whatever loader it is given: this object is its own
+    sampler and passes the epoch on to each member's sampler (EpochShuffleSampler hashes seed and epoch).
+    """
+
+    def __init__(self, loaders: list[Any], streams: list[MemberStream]) -> None:
+        self.loaders, self.streams = loaders, streams
+        self.sampler = self
+
+    def set_epoch(self, epoch: int) -> None:
+        for loader in self.loaders:
+            for sampler in (getattr(loader, "sampler", None), getattr(loader.batch_sampler, "sampler", None)):
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __iter__(self) -> Iterator[Any]:
+        if all(_in_memory(loader) for loader in self.loaders):
+            yield from self._gathered()
+            return
+        # An InMemoryLoader draws nothing from the global generator; a plain DataLoader draws at iter and next.
+        plain = [not isinstance(loader, InMemoryLoader) for loader in self.loaders]
+        iterators = [
+            stream.run(lambda loader=loader: iter(loader)) if own else iter(loader)
+            for loader, stream, own in zip(self.loaders, self.streams, plain, strict=True)
+        ]
+        while True:
+            try:
+                batches = [
+                    stream.run(lambda it=it: next(it)) if own else next(it)
+                    for it, stream, own in zip(iterators, self.streams, plain, strict=True)
+                ]
+            except StopIteration:
+                return
+            yield stack_batches(batches)
+
+    def _gathered(self) -> Iterator[Any]:
+        """In-memory data: each member's epoch order drawn as its sampler would, the K orders stacked into [K, N],
+        and each step's batches cut as one gather ``x[k, idx[k]]``, instead of K loaders and a stack."""
+        if not hasattr(self, "_tensors"):  # the members' tensors, stacked once
+            sets = [loader.dataset.tensors for loader in self.loaders]
+            self._tensors = [torch.stack(list(parts)) for parts in zip(*sets, strict=True)]
+        orders = torch.stack([_order(loader.batch_sampler) for loader in self.loaders])
+        rows = torch.arange(len(self.loaders)).unsqueeze(1)
+        size = self.loaders[0].batch_sampler.batch_size
+        for index in orders.split(size, dim=1):
+            yield tuple(t[rows, index] for t in self._tensors)
+
+
+def _in_memory(loader: Any) -> bool:
+    """An InMemoryLoader cutting batches from an InMemoryDataset in this process, by a TensorBatchSampler."""
+    sampler = getattr(loader, "batch_sampler", None)
+    return (
+        isinstance(loader, InMemoryLoader)
+        and loader.num_workers == 0
+        and isinstance(loader.dataset, InMemoryDataset)
+        and isinstance(sampler, TensorBatchSampler)
+        and not sampler.drop_last
+        and isinstance(sampler.sampler, EpochShuffleSampler | SequentialSampler)
+    )
+
+
+def _order(batch_sampler: TensorBatchSampler) -> Tensor:
+    """The epoch's order of a TensorBatchSampler, as its own __iter__ draws it."""
+    sampler = batch_sampler.sampler
+    return sampler.permutation() if isinstance(sampler, EpochShuffleSampler) else torch.arange(len(sampler))
+
+
+class StackedModel:
+    """K copies of one model as stacked parameters and buffers; the loss and its gradient computed for all at once."""
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        self.params, self.buffers = stack_module_state([_LossOf(model) for model in models])
+        self.params = {name: p.detach() for name, p in self.params.items()}
+        self.base = copy.deepcopy(_LossOf(models[0])).to("meta")  # only its structure is used
+        self.models = models
+        # functional_call's search for tied weights, and an empty buffer dict, cost a tenth of a millisecond each
+        # per call, several times a step: skipped where the model ties none and has no buffers.
+        names = [name for name, _ in self.base.named_parameters(remove_duplicate=False)]
+        self._tied = len(names) != len(self.params)
+
+    def _loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: Any) -> Tensor:
+        state = (params, buffers) if buffers else params
+        return functional_call(self.base, state, (batch,), tie_weights=self._tied)
+
+    def loss_and_grad(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """The K losses and their gradients, each member on its own slice of the batch. The members share no
+        parameter, so the gradient of the summed losses holds each member's own gradient (one backward pass,
+        cheaper than vmap over grad for small models)."""
+        params = {name: p.detach().requires_grad_() for name, p in self.params.items()}
+        losses = vmap(self._loss)(params, self.buffers, batch)
+        grads = torch.autograd.grad(losses.sum(), list(params.values()))
+        return losses.detach(), dict(zip(params, grads, strict=True))
+
+    def loss(self, batch: Any, shared: bool = False) -> Tensor:
+        """The K losses on one batch given to every member (shared) or on a stacked batch."""
+        return vmap(self._loss, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, batch)
+
+    def sgd_step(self, grads: dict[str, Tensor], lrs: Tensor, active: list[int]) -> None:
+        """p ← p − lr·g for each active member: addcmul with −lr rounds as torch.optim.SGD's add(g, alpha=−lr)."""
+        rate = -lrs
+        for name, param in self.params.items():
+            shape = (-1,) + (1,) * (param.dim() - 1)
+            if len(active) == len(rate):
+                param.addcmul_(grads[name], rate.view(shape))
+            else:  # a stopped member stays as it is, even where its gradient is not finite
+                index = torch.tensor(active)
+                param[index] = torch.addcmul(param[index], grads[name][index], rate[index].view(shape))
+
+    def load_into(self, k: int, model: nn.Module | None = None) -> nn.Module:
+        """Member k's parameters copied into its own model (or the one given), which is returned."""
+        model = model if model is not None else self.models[k]
+        wrapper = _LossOf(model)
+        with torch.no_grad():
+            for name, param in wrapper.named_parameters():
+                param.copy_(self.params[name][k])
+        return model
+
+    def snapshot(self, k: int) -> dict[str, Tensor]:
+        return {name: param[k].clone() for name, param in self.params.items()}
+
+    def restore(self, k: int, weights: dict[str, Tensor]) -> None:
+        for name, param in self.params.items():
+            param[k].copy_(weights[name])
+
+
+class CohortModule(pl.LightningModule):
+    """Trains the members of a cohort in one Lightning fit: each step computes every member's loss and gradient
+    with vmap and updates each active member with its own learning rate; ``members`` does the per-member
+    bookkeeping after each step (targets, validation, early stopping, divergence, logging) and says when all
+    have stopped."""
+
+    def __init__(self, stacked: StackedModel, lrs: list[float], members: Any, loader: CohortLoader) -> None:
+        super().__init__()
+        self.automatic_optimization = False  # the update is the members' own SGD steps, below
+        self.stacked, self.members, self.loader = stacked, members, loader
+        self.lrs = torch.tensor(lrs, dtype=next(iter(stacked.params.values())).dtype)  # as SGD casts its lr
+
+    def train_dataloader(self) -> CohortLoader:
+        return self.loader
+
+    def configure_optimizers(self) -> None:
+        return None
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        active = self.members.active()
+        with torch.enable_grad():
+            losses, grads = self.stacked.loss_and_grad(batch)
+        with torch.no_grad():
+            self.stacked.sgd_step(grads, self.lrs, active)
+        last = batch_idx == len(self.loader) - 1
+        if self.members.after_step(losses.detach(), batch, active, self.trainer.current_epoch, last):
+            self.trainer.should_stop = True

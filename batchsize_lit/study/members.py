@@ -1,0 +1,250 @@
+"""The per-member bookkeeping of a cohort fit: what each cell's own callbacks would record, log and decide."""
+
+import os
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch import Tensor
+
+from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, RunHistory
+from batchsize_lit.cohort_module import MemberStream, StackedModel, stack_batches
+from batchsize_lit.problem import reference_facts, run_report
+from batchsize_lit.science import (
+    GradientNoiseScale,
+    StepsToTarget,
+    _concatenate,
+    _examples,
+    _first_tensor,
+    per_example_noise_scale,
+)
+from batchsize_lit.trainer_info import find_callback
+
+
+class Member:
+    """One cell of a cohort: its CLI objects (model, data, trainer config, logger, callbacks) and its progress."""
+
+    def __init__(self, name: str, cli: Any) -> None:
+        self.name, self.cli = name, cli
+        trainer = cli.trainer
+        self.logger = trainer.logger
+        self.history = find_callback(trainer, RunHistory)
+        self.target = find_callback(trainer, StepsToTarget)
+        self.noise = find_callback(trainer, GradientNoiseScale)
+        self.early = find_callback(trainer, EarlyStopping)
+        self.divergence = find_callback(trainer, DivergenceCheck)
+        self.stream = MemberStream()  # the global generator as this cell's fit starts: after its seed and init
+        self.seed = os.environ.get("PL_GLOBAL_SEED")
+        self.step, self.status, self.running = 0, "ok", True
+        self.should_stop = False
+        self.loss_sum: Tensor | None = None
+        self.batches, self.validated, self.last_loss = 0, None, None
+        self.monitor_value: float | None = None  # the monitor's latest value, as callback_metrics holds it
+        self.held, self.reached_weights = 0, None
+        self.best_weights: dict[str, Tensor] | None = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.logger is not None and metrics:
+            self.logger.log_metrics(metrics, step=step)
+
+
+class Members:
+    """Drives the members through one cohort fit in the order a serial cell's callbacks run, step by step: the
+    target check, the train loss, the divergence check, validation with early stopping, then the epoch's end."""
+
+    def __init__(self, members: list[Member], stacked: StackedModel, lrs: list[float]) -> None:
+        self.members, self.stacked, self.lrs = members, stacked, lrs
+        first = members[0].cli
+        self.trainer, self.datamodule = first.trainer, first.datamodule
+        self.max_steps, self.max_epochs = self.trainer.max_steps, self.trainer.max_epochs
+        self.val_every = self.trainer.check_val_every_n_epoch
+        n_batches = len(first.datamodule.train_dataloader())
+        every = self.trainer.log_every_n_steps
+        if members[0].history.log_every_epoch and 0 < n_batches < every:  # as RunHistory.setup lowers it
+            every = n_batches
+        self.log_every = every
+        self.early_at_epoch_end = self.val_every == 1 and self.trainer.val_check_interval == 1.0
+        self.facts = reference_facts(first.datamodule, first.model)
+        self._start()
+
+    def _start(self) -> None:
+        """What each cell's fit does before its first step: hyperparameters logged, the target set, the examples
+        of the noise scale and the concatenated validation data read (each draw from the member's own stream)."""
+        for member in self.members:
+            cli = member.cli
+            hparams = {**cli.model.hparams_initial, **(getattr(cli.datamodule, "hparams_initial", None) or {})}
+            if member.logger is not None:
+                member.logger.log_hyperparams(hparams)
+                member.logger.save()
+            target = member.target
+            if target is not None and target.target is None:
+                reference = self.facts.get(f"{target.monitor}_at_optimum")
+                target.target = reference * (1 + target.tolerance if target.mode == "min" else 1 - target.tolerance)
+            if target is not None and target.every_n_steps:
+                loader = cli.datamodule.val_dataloader
+                target._val = member.stream.run(lambda loader=loader: _concatenate(list(loader())))
+            if member.noise is not None:  # as GradientNoiseScale reads them: drawing nothing training would see
+                member.noise.method = "per_example"
+                with isolate_rng():
+                    member.noise._examples, member.noise._population = _examples(
+                        cli.datamodule.train_dataloader(), member.noise.max_examples
+                    )
+
+    def active(self) -> list[int]:
+        return [k for k, member in enumerate(self.members) if member.running]
+
+    def after_step(self, losses: Tensor, batch: Any, active: list[int], epoch: int, last: bool) -> bool:
+        """Each active member's bookkeeping after a step; True once every member has stopped."""
+        size = len(_first_tensor(batch)[0])
+        for k in active:
+            member = self.members[k]
+            member.step += 1
+            member.history.samples += size
+        self._target_checks(active)
+        for k in active:
+            self._train_loss(self.members[k], losses[k])
+        validating = []
+        for k in active:
+            member = self.members[k]
+            if member.running and _epoch_due(epoch, self.val_every) and (last or member.should_stop):
+                validating.append(k)
+        if validating:
+            self._validate(validating, epoch)
+        for k in active:
+            member = self.members[k]
+            at_max = 0 < self.max_steps <= member.step or (last and epoch + 1 == self.max_epochs)
+            if member.running and (last or member.should_stop or at_max):
+                self._epoch_end(k, epoch)
+                if member.running and (member.should_stop or at_max):
+                    finish(self.members[k], k, self.stacked)
+        return not self.active()
+
+    def _target_checks(self, active: list[int]) -> None:
+        target = self.members[active[0]].target
+        if target is None or not target.every_n_steps or self.members[active[0]].step % target.every_n_steps:
+            return
+        with torch.no_grad():
+            values = self.stacked.loss(target._val, shared=True)
+        for k in active:
+            self._target_check(k, float(values[k]))
+
+    def _target_check(self, k: int, value: float) -> None:
+        member = self.members[k]
+        target = member.target
+        if value <= target.target if target.mode == "min" else value >= target.target:
+            if target.reached_step is None:
+                target.reached_step, target.reached_samples = member.step, member.history.samples
+                member.reached_weights = self.stacked.snapshot(k)
+            member.held += 1
+            if target.stop and member.held >= target.hold:
+                member.should_stop = True
+        else:
+            target.reached_step = target.reached_samples = member.reached_weights = None
+            member.held = 0
+
+    def _train_loss(self, member: Member, loss: Tensor) -> None:
+        member.loss_sum = loss.clone() if member.loss_sum is None else member.loss_sum.add_(loss)
+        member.batches += 1
+        member.last_loss = loss
+        if member.step % self.log_every == 0:
+            member.log({"train_loss_step": float(loss)}, member.step)
+        divergence = member.divergence
+        every = (divergence.every_n_steps if divergence else None) or self.log_every or 1
+        if divergence is not None and member.step % every == 0 and not torch.isfinite(loss):
+            self._diverge(member)
+
+    def _diverge(self, member: Member) -> None:
+        member.running, member.status = False, "diverged"
+
+    def _validate(self, ks: list[int], epoch: int) -> None:
+        """The monitor of each validating member: the mean of loss(batch) over its validation batches, weighted by
+        their sizes (the model's own validation was checked to log just that, when the cohort was formed)."""
+        loaders = [self.members[k].cli.datamodule.val_dataloader() for k in ks]
+        batches = [
+            self.members[k].stream.run(lambda loader=loader: list(loader))
+            for k, loader in zip(ks, loaders, strict=True)
+        ]
+        params = {name: p[ks] for name, p in self.stacked.params.items()}
+        buffers = {name: b[ks] for name, b in self.stacked.buffers.items()}
+        total, count = None, 0
+        with torch.no_grad():
+            for parts in zip(*batches, strict=True):
+                size = len(_first_tensor(parts[0]))
+                values = torch.func.vmap(self.stacked._loss)(params, buffers, stack_batches(list(parts))) * size
+                total, count = values if total is None else total + values, count + size
+        for i, k in enumerate(ks):
+            member = self.members[k]
+            value = float(total[i] / count)
+            member.monitor_value, member.validated = value, epoch
+            history = member.history
+            member.log({f"by_epoch/{history.monitor}": value}, epoch + 1)
+            member.log({f"by_samples/{history.monitor}": value}, history.samples)
+            member.log({history.monitor: value, "epoch": epoch}, member.step - 1)  # where Lightning logs it
+            if member.target is not None and not member.target.every_n_steps:
+                self._target_check(k, value)
+            if not self.early_at_epoch_end:
+                self._early_stopping(k, epoch)
+
+    def _early_stopping(self, k: int, epoch: int) -> None:
+        member, early = self.members[k], self.members[k].early
+        if early is None or member.monitor_value is None:
+            return
+        current = torch.tensor(member.monitor_value)
+        if early.check_finite and not torch.isfinite(current):
+            member.should_stop = True
+        elif early.monitor_op(current - early.min_delta, early.best_score):
+            early.best_score, early.wait_count, early.best_epoch = current, 0, epoch
+            if early.restore_best_weights:
+                member.best_weights = self.stacked.snapshot(k)
+        else:
+            early.wait_count += 1
+            if early.wait_count >= early.patience:
+                member.should_stop = True
+
+    def _epoch_end(self, k: int, epoch: int) -> None:
+        member, history = self.members[k], self.members[k].history
+        if self.early_at_epoch_end:
+            self._early_stopping(k, epoch)
+        row: dict[str, float] = {"epoch": epoch + 1, "step": member.step, "samples": history.samples}
+        if member.loss_sum is not None:
+            row["train_loss"] = float(member.loss_sum / member.batches)
+            member.log({"train_loss_epoch": row["train_loss"]}, member.step)
+            member.log({"by_epoch/train_loss": row["train_loss"]}, epoch + 1)
+            member.log({"by_samples/train_loss": row["train_loss"]}, history.samples)
+        model = self.stacked.load_into(k)
+        member.log(run_report(self.facts, model, member.cli.datamodule).columns, member.step)
+        if member.validated == epoch and member.monitor_value is not None:
+            row[history.monitor] = member.monitor_value
+        history.history.append(row)
+        member.loss_sum, member.batches = None, 0
+        if member.divergence is not None and member.last_loss is not None and not torch.isfinite(member.last_loss):
+            self._diverge(member)
+
+
+def _epoch_due(epoch: int, every: int | None) -> bool:
+    return bool(every) and (epoch + 1) % every == 0
+
+
+def finish(member: Member, k: int, stacked: StackedModel) -> None:
+    """A member's train end and fit end, as its cell's callbacks run them: the noise scale measured at the
+    weights where the target was reached, the best weights restored, the target logged; it is updated no more."""
+    member.running = False
+    target, noise = member.target, member.noise
+    if target is not None and member.reached_weights is not None and noise is not None:
+        model = stacked.models[k]
+        current = stacked.snapshot(k)
+        stacked.restore(k, member.reached_weights)
+        stacked.load_into(k, model)
+        examples = noise._examples
+        noise.last = per_example_noise_scale(model.eval(), examples, noise._population)
+        model.train()
+        member.log({f"gns/{key}": value for key, value in noise.last.items()}, member.step)
+        target.b_simple_at_target = noise.last.get("b_simple")
+        stacked.restore(k, current)
+    if member.early is not None and member.early.restore_best_weights and member.best_weights is not None:
+        stacked.restore(k, member.best_weights)
+    if target is not None:
+        metrics = {f"target/{target.monitor}": target.target}
+        if target.reached_step is not None:
+            metrics.update({"target/steps": target.reached_step, "target/samples": target.reached_samples})
+        member.log({key: value for key, value in metrics.items() if value is not None}, member.step)

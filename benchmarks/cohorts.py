@@ -1,0 +1,97 @@
+"""Times a study with cohorts, the same study with --cohorts off, and (for the critical-batch grid) the plain
+vectorized script, in one run, and checks that their steps to target agree.
+
+    python benchmarks/cohorts.py                                   # configs/study_critical_batch.yaml
+    python benchmarks/cohorts.py --config configs/study_digits_critical_batch.yaml
+
+Each is timed by wall clock and by the CPU time of its process (user + system), which a machine shared with other
+work does not inflate as much.
+"""
+
+import argparse
+import json
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAIN = ROOT / "benchmarks" / "plain_critical_batch.py"
+
+
+def timed(command: list[str]) -> tuple[str, float, float]:
+    """The command's stdout, wall seconds and CPU seconds (its own and its children's)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return done.stdout, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def steps_of(folder: Path) -> dict[str, int | None]:
+    rows = [json.loads(path.read_text())["row"] for path in sorted(folder.glob("*/result.json"))]
+    return {row["cell"]: row.get("steps_to_target") for row in rows}
+
+
+def agreement(one: dict[str, int | None], two: dict[str, int | None]) -> tuple[int, int, list[str]]:
+    """Cells with identical steps, cells within 2%, and the cells beyond."""
+    same = close = 0
+    beyond = []
+    for cell, steps in one.items():
+        other = two.get(cell)
+        if steps == other:
+            same += 1
+        elif steps is not None and other is not None and abs(steps - other) <= 0.02 * max(steps, other):
+            close += 1
+        else:
+            beyond.append(f"{cell}: {steps} vs {other}")
+    return same, close, beyond
+
+
+def b_crit(output: str) -> float | None:
+    found = re.search(r"B_crit = ([\d.e+-]+)", output)
+    return float(found.group(1)) if found else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/study_critical_batch.yaml")
+    parser.add_argument("--jobs", default="1", help="--jobs of both studies")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="cohorts-"))
+    study = [sys.executable, "-m", "batchsize_lit", "study", "--config", args.config, "--root", str(root)]
+    results = {}
+    for name, extra in (("cohorts", []), ("off", ["--cohorts", "off"])):
+        output, wall, cpu = timed([*study, "--name", name, "--jobs", args.jobs, *extra])
+        events = len(list((root / name).glob("*/events.out.tfevents.*")))
+        results[name] = {"wall": wall, "cpu": cpu, "b_crit": b_crit(output), "events": events}
+        results[name]["steps"] = steps_of(root / name)
+        found = results[name]["b_crit"]
+        print(f"study {name:<8} {wall:7.1f} s wall {cpu:7.1f} s CPU  B_crit {found}  {events} event files")
+    same, close, beyond = agreement(results["off"]["steps"], results["cohorts"]["steps"])
+    cells = len(results["off"]["steps"])
+    print(f"steps to target, cohorts vs off: {same}/{cells} identical, {close} within 2%, {len(beyond)} beyond")
+    for line in beyond[:10]:
+        print(f"  {line}")
+    ratio = results["cohorts"]["wall"] / results["off"]["wall"]
+    cpu_ratio = results["cohorts"]["cpu"] / results["off"]["cpu"]
+    print(f"cohorts / off: {ratio:.3f} wall, {cpu_ratio:.3f} CPU")
+    if Path(args.config).name == "study_critical_batch.yaml":
+        output, wall, cpu = timed([sys.executable, str(PLAIN)])
+        plain = json.loads(output)["steps_to_target"]
+        same, close, beyond = agreement(results["off"]["steps"], plain)  # cells named bs8_lr0.1_seed2 in both
+        print(f"plain script     {wall:7.1f} s wall {cpu:7.1f} s CPU")
+        print(f"steps to target, plain vs off: {same}/{cells} identical, {close} within 2%, {len(beyond)} beyond")
+        cohorts = results["cohorts"]
+        print(f"cohorts / plain: {cohorts['wall'] / wall:.2f} wall, {cohorts['cpu'] / cpu:.2f} CPU")
+    print(f"runs kept in {root}")
+
+
+if __name__ == "__main__":
+    main()

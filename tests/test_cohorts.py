@@ -1,0 +1,159 @@
+"""Cohorts: cells trained together as one vectorized fit give the rows and event files of cells run one by one."""
+
+import json
+import shutil
+
+import pytest
+
+from helpers import read_csv, run, scalars, write_study
+
+# Early stopping with restore, validation every epoch, a target checked every 5 steps, no checkpoints: lr 3.0
+# diverges, the others stop early or run out of epochs at different epochs.
+BASE = {
+    "data": {"n_samples": 200},
+    "early_stopping": {"patience": 2, "restore_best_weights": True},
+    "checkpoint": {"save_top_k": 0, "save_last": False},
+    "trainer": {
+        "accelerator": "cpu",
+        "max_epochs": 8,
+        "callbacks": [
+            {"class_path": "batchsize_lit.science.StepsToTarget", "init_args": {"tolerance": 0.3, "every_n_steps": 5}},
+            {"class_path": "batchsize_lit.science.GradientNoiseScale", "init_args": {"every_n_epochs": None}},
+        ],
+    },
+}
+GRID = {"data.batch_size": [16], "model.lr": [0.05, 0.4, 3.0], "seed_everything": [0, 1]}
+FORK_BASE = {
+    "model": {"class_path": "fork.regression.SineSGDRegressor", "init_args": {"hidden": 8}},
+    "data": {"class_path": "fork.regression.SineData", "init_args": {"n_samples": 128}},
+    "early_stopping": {"monitor": "val/loss", "patience": 2},
+    "checkpoint": {"save_top_k": 0, "save_last": False},
+    "trainer": {"accelerator": "cpu", "max_epochs": 6},
+}
+
+
+def study(workdir, grid, base, name, *args):
+    assert run("--config", str(write_study(workdir, grid, base=base, name=name)), "--jobs", "1", *args) == 0
+    return workdir / "lightning_logs" / name
+
+
+def close(one, two):
+    """Equal, or for numbers equal up to float32 rounding: a fork's validation loss is Lightning's mean of batch
+    means, which a cohort sums in another order."""
+    try:
+        return float(one) == pytest.approx(float(two), rel=1e-5)
+    except (TypeError, ValueError):
+        return one == two
+
+
+def assert_same_cells(serial, cohort, exact=True):
+    """Every row equal but the seconds, and every cell's event file holding the same scalars (bit for bit where
+    exact, else up to rounding)."""
+    rows, cohort_rows = read_csv(serial / "results.csv"), read_csv(cohort / "results.csv")
+    assert [row["cell"] for row in rows] == [row["cell"] for row in cohort_rows]
+    for row, cohort_row in zip(rows, cohort_rows, strict=True):
+        row.pop("seconds"), cohort_row.pop("seconds")
+        assert row == cohort_row if exact else all(close(row[k], cohort_row[k]) for k in row), row["cell"]
+        events, cohort_events = scalars(serial / row["cell"]), scalars(cohort / row["cell"])
+        if exact:
+            assert events == cohort_events, row["cell"]
+        assert events.keys() == cohort_events.keys()
+        for tag, values in events.items():
+            assert [step for step, _ in values] == [step for step, _ in cohort_events[tag]], tag
+            assert all(close(a, b) for (_, a), (_, b) in zip(values, cohort_events[tag], strict=True)), tag
+        assert len(list((cohort / row["cell"]).glob("events.out.tfevents.*"))) == 1
+        assert (cohort / row["cell"] / "config.yaml").is_file()
+        history = json.loads((cohort / row["cell"] / "result.json").read_text())["history"]
+        serial_history = json.loads((serial / row["cell"] / "result.json").read_text())["history"]
+        assert [list(epoch) for epoch in history] == [list(epoch) for epoch in serial_history]
+        assert all(close(a[k], b[k]) for a, b in zip(history, serial_history, strict=True) for k in a)
+    return rows
+
+
+def test_cohort_rows_equal_serial_rows_with_early_stopping_restore_and_divergence(workdir, capsys):
+    serial = study(workdir, GRID, BASE, "serial", "--cohorts", "off")
+    assert "cohorts" not in capsys.readouterr().out
+    cohort = study(workdir, GRID, BASE, "cohort")
+    assert "6 cells in 1 cohorts" in capsys.readouterr().out
+    rows = assert_same_cells(serial, cohort)
+    status = {row["cell"]: row["status"] for row in rows}
+    assert status["lr3.0_seed0"] == status["lr3.0_seed1"] == "diverged"
+    ok = [row for row in rows if row["status"] == "ok"]
+    assert any(int(row["epochs_run"]) < 8 for row in ok)  # stopped early, its best weights restored
+    assert any(row["steps_to_target"] for row in ok) and any(row["b_simple_at_target"] for row in ok)
+
+
+def test_cohort_size_splits_cohorts(workdir, capsys):
+    grid = {"data.batch_size": [16], "model.lr": [0.05, 0.4], "seed_everything": [0, 1]}
+    serial = study(workdir, grid, BASE, "serial", "--cohorts", "off")
+    cohort = study(workdir, grid, BASE, "cohort", "--cohort_size", "2")
+    assert "4 cells in 2 cohorts" in capsys.readouterr().out
+    assert_same_cells(serial, cohort)
+
+
+def test_a_forks_cohort_with_plain_dataloaders_equals_its_serial_cells(workdir, capsys):
+    grid = {"model.lr": [0.05, 0.2], "seed_everything": [0, 1, 2]}
+    serial = study(workdir, grid, FORK_BASE, "serial", "--cohorts", "off")
+    cohort = study(workdir, grid, FORK_BASE, "cohort")
+    assert "6 cells in 1 cohorts" in capsys.readouterr().out
+    assert_same_cells(serial, cohort, exact=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"model": {"class_path": "fork.regression.SineRegressor"}}, "SineRegressor has no loss(batch) method"),
+        ({"checkpoint": {"save_top_k": 1}}, "checkpoints are saved"),
+        ({"model": {"class_path": "fork.regression.StepLossRegressor"}}, "has no loss(batch) method"),
+        ({"trainer": {"accelerator": "cpu", "max_epochs": 2, "accumulate_grad_batches": 2}}, "accumulate_grad"),
+        (
+            {
+                "model": {"class_path": "batchsize_lit.digits.MLPClassifier"},
+                "data": {"class_path": "batchsize_lit.digits.DigitsDataModule"},
+                "early_stopping": {"patience": 2},
+            },
+            "validation logs val_acc, val_loss, not just val_loss",
+        ),
+    ],
+)
+def test_cells_that_cannot_form_cohorts_say_why_in_one_line(workdir, capsys, change, reason):
+    base = {**FORK_BASE, **change, "trainer": {**FORK_BASE["trainer"], "max_epochs": 1, **change.get("trainer", {})}}
+    study(workdir, {"seed_everything": [0, 1]}, base, "fallback")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "cohort" in line]
+    assert len(lines) == 1 and lines[0].startswith("cohorts off: ") and reason in lines[0]
+    assert len(read_csv(workdir / "lightning_logs" / "fallback" / "results.csv")) == 2
+
+
+def test_an_interrupted_cohort_study_reruns_only_its_unfinished_cells(workdir, capsys):
+    cohort = study(workdir, GRID, BASE, "cohort")
+    first = read_csv(cohort / "results.csv")
+    for cell in ("lr0.4_seed1", "lr0.05_seed0"):  # as a study killed before these cells' results were written
+        (cohort / cell / "result.json").unlink()
+        shutil.rmtree(cohort / cell / "lightning_logs", ignore_errors=True)
+    capsys.readouterr()
+    study(workdir, GRID, BASE, "cohort")
+    out = capsys.readouterr().out
+    assert "4 cell(s) already done" in out and "2 cells in 1 cohorts" in out
+    again = read_csv(cohort / "results.csv")
+    for row, other in zip(first, again, strict=True):
+        row.pop("seconds"), other.pop("seconds")
+        assert row == other
+
+
+@pytest.mark.slow
+def test_cohorts_in_worker_processes_give_the_same_rows(workdir):
+    serial = study(workdir, GRID, BASE, "serial", "--cohorts", "off")
+    cohort = study(workdir, {**GRID, "data.batch_size": [16]}, BASE, "jobs", "--jobs", "2", "--cohort_size", "3")
+    assert_same_cells(serial, cohort)
+
+
+def test_a_bad_cohort_size_is_one_line(workdir):
+    code = run("--config", str(write_study(workdir, GRID, base=BASE)), "--cohort_size", "0")
+    assert code == "error: cohort_size=0 must be a positive integer"
+    assert not (workdir / "lightning_logs").exists()
+
+
+def test_trial_index_runs_its_cell_alone(workdir, capsys):
+    folder = study(workdir, GRID, BASE, "array", "--trial_index", "1")
+    assert "cohort" not in capsys.readouterr().out
+    assert [path.name for path in folder.iterdir()] == ["lr0.05_seed1"]
