@@ -26,6 +26,13 @@ def stack_batches(batches: list[Any]) -> Any:
     raise TypeError(f"a batch of {type(first).__name__} cannot be stacked")
 
 
+def member_batch_size(batch: Any) -> int:
+    """Examples in each member's batch of a stacked batch: the second dimension of its first tensor."""
+    while not isinstance(batch, Tensor):
+        batch = next(iter(batch.values() if isinstance(batch, dict) else batch))
+    return batch.shape[1]
+
+
 class MemberStream:
     """One member's own global torch generator: a plain DataLoader draws its shuffle seed (and base seed) from the
     global generator, so each member's loader runs with the state its own cell's fit would have had."""

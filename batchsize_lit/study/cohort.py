@@ -15,8 +15,9 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, ModelCheckpoint, RunHistory
 from batchsize_lit.cohort_module import CohortLoader, CohortModule, StackedModel, stack_batches
 from batchsize_lit.errors import one_line
+from batchsize_lit.outputs import batch_samples
 from batchsize_lit.problem import has_loss
-from batchsize_lit.science import GradientNoiseScale, StepsToTarget, _first_tensor
+from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.signals import Terminated, is_sigterm
 from batchsize_lit.study.members import Member, Members
 from batchsize_lit.study.run import (
@@ -164,7 +165,7 @@ def _model_problem(cli: Any) -> str | None:
     if set(logged) != {monitor}:
         return f"validation logs {', '.join(sorted(logged))}, not just {monitor}"
     batches = list(datamodule.val_dataloader())
-    sizes = [len(_first_tensor(batch)) for batch in batches]
+    sizes = [batch_samples(batch) for batch in batches]
     with torch.no_grad():
         mean = sum(float(model.loss(b)) * n for b, n in zip(batches, sizes, strict=True)) / sum(sizes)
     if abs(mean - logged[monitor]) > 1e-4 * max(1.0, abs(mean)):

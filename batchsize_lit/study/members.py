@@ -8,14 +8,14 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 
 from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, RunHistory
-from batchsize_lit.cohort_module import MemberStream, StackedModel, stack_batches
+from batchsize_lit.cohort_module import MemberStream, StackedModel, member_batch_size, stack_batches
+from batchsize_lit.outputs import batch_samples
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.science import (
     GradientNoiseScale,
     StepsToTarget,
     _concatenate,
     _examples,
-    _first_tensor,
     per_example_noise_scale,
 )
 from batchsize_lit.trainer_info import find_callback
@@ -95,7 +95,7 @@ class Members:
 
     def after_step(self, losses: Tensor, batch: Any, active: list[int], epoch: int, last: bool) -> bool:
         """Each active member's bookkeeping after a step; True once every member has stopped."""
-        size = len(_first_tensor(batch)[0])
+        size = member_batch_size(batch)
         for k in active:
             member = self.members[k]
             member.step += 1
@@ -169,7 +169,7 @@ class Members:
         total, count = None, 0
         with torch.no_grad():
             for parts in zip(*batches, strict=True):
-                size = len(_first_tensor(parts[0]))
+                size = batch_samples(parts[0])
                 values = torch.func.vmap(self.stacked._loss)(params, buffers, stack_batches(list(parts))) * size
                 total, count = values if total is None else total + values, count + size
         for i, k in enumerate(ks):
