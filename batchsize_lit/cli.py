@@ -19,7 +19,6 @@ import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
@@ -28,7 +27,6 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from batchsize_lit.callbacks import (
     AtomicCheckpointIO,
-    BriefModelSummary,
     DivergenceCheck,
     EarlyStopping,
     ModelCheckpoint,
@@ -45,8 +43,8 @@ from batchsize_lit.errors import (
     import_class,
 )
 from batchsize_lit.problem import reference_facts, run_report
-from batchsize_lit.progress import ThrottledProgressBar
 from batchsize_lit.trainer_info import find_callback
+from batchsize_lit.trainer_setup import configured_callbacks, use_template_console
 
 # Lightning's own batch flattening builds a torch LeafSpec, which torch>=2.10 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, "lightning")
@@ -335,6 +333,9 @@ class BatchSizeCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self._notices.hold("lightning.pytorch.utilities.rank_zero")
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        given = configured_callbacks(config.get("trainer"))
+        kwargs.setdefault("callbacks", list(given))  # Lightning extends the list it gets: given stays the user's
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as error:  # name the device flags where Lightning's text does not
@@ -346,15 +347,7 @@ class BatchSizeCLI(LightningCLI):
         self._notices.release()  # built: the seed and device lines, in the order they came
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: write checkpoints atomically
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        given = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-        given = {id(callback) for callback in (given if isinstance(given, list) else [given])}
-        for index, callback in enumerate(trainer.callbacks):  # Lightning's defaults, not a user's own choice
-            if id(callback) in given:
-                continue
-            if type(callback) in (TQDMProgressBar, RichProgressBar):  # Rich when the rich package is installed
-                trainer.callbacks[index] = ThrottledProgressBar()
-            elif type(callback) in (ModelSummary, RichModelSummary):
-                trainer.callbacks[index] = BriefModelSummary()
+        use_template_console(trainer, given)
         skip_idle_hooks(trainer.callbacks)
         return trainer
 
