@@ -33,6 +33,7 @@ from batchsize_lit.callbacks import (
     RunHistory,
     skip_idle_hooks,
 )
+from batchsize_lit.config_types import register_config_types
 from batchsize_lit.errors import (
     BAD_INPUT,
     BadInput,
@@ -45,7 +46,9 @@ from batchsize_lit.errors import (
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.trainer_info import find_callback
 from batchsize_lit.trainer_setup import configured_callbacks, use_template_console
+from batchsize_lit.weight_averaging import added_epochs
 
+register_config_types()  # before any parser is made: a saved config.yaml must run again
 # Lightning's own batch flattening builds a torch LeafSpec, which torch>=2.10 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, "lightning")
 # Lightning advertises a cloud logger on every run; a line no user of this template can act on.
@@ -427,7 +430,8 @@ class BatchSizeCLI(LightningCLI):
         trainer = self.trainer
         history = find_callback(trainer, RunHistory)
         stopper = find_callback(trainer, EarlyStopping)
-        epochs, max_epochs = len(history.history), trainer.max_epochs
+        added = added_epochs(trainer, self.model)  # StochasticWeightAveraging's batch-norm epoch: trains nothing
+        epochs, max_epochs = len(history.history) - added, trainer.max_epochs
         if stopper is not None and stopper.stopped_epoch:
             why = f"early stop at epoch {stopper.stopped_epoch + 1} (patience {stopper.patience})"
         elif max_epochs is not None and epochs >= max_epochs > 0:
@@ -435,7 +439,8 @@ class BatchSizeCLI(LightningCLI):
         else:
             why = "stopped by max_steps, max_time or a callback"
         of_max = f" of {max_epochs}" if max_epochs is not None and max_epochs > 0 else ""
-        lines = [f"Fit finished: {epochs}{of_max} epochs, {why}."]
+        plus = f" and {added} batch-norm epoch for the average" if added else ""
+        lines = [f"Fit finished: {epochs}{of_max} epochs{plus}, {why}."]
         best = history.best()
         if best is not None:
             lines.append(f"  best {history.monitor} {best[0]:.5g} at epoch {best[1]}")
@@ -443,6 +448,8 @@ class BatchSizeCLI(LightningCLI):
             lines.append(f"  {history.monitor} was never logged")
         if stopper is not None and stopper.restored:
             lines.append(f"  weights restored to the best epoch, {stopper.best_epoch + 1}")
+        elif stopper is not None and stopper.averaged_by:
+            lines.append(f"  weights are {stopper.averaged_by}'s average, not restored to the best epoch")
         else:
             lines.append("  weights are those of the last epoch (not restored)")
         facts = reference_facts(self.datamodule, self.model)
