@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
+from lightning.pytorch.demos.boring_classes import BoringModel
 from torch import Tensor
 
 from batchsize_lit import LinearRegressor, RegressionDataModule
-from batchsize_lit.callbacks import BriefModelSummary, EarlyStopping
+from batchsize_lit.callbacks import BriefModelSummary, EarlyStopping, ModelCheckpoint
 from batchsize_lit.cli import BatchSizeCLI
 from batchsize_lit.progress import ThrottledProgressBar
 from batchsize_lit.trainer_info import find_callback
@@ -53,6 +55,60 @@ def test_a_progress_bar_or_summary_is_replaced_only_when_lightning_chose_it(work
     trainer = bundled_cli(["--trainer.accelerator=cpu", *extra]).trainer
     assert type(trainer.progress_bar_callback) is bar
     assert [type(c) for c in trainer.callbacks if isinstance(c, ModelSummary)] == [summary]
+
+
+def _fit_boring(callback: ModelCheckpoint, epochs: int) -> None:
+    trainer = Trainer(
+        max_epochs=epochs,
+        callbacks=[callback],
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(BoringModel())
+
+
+def test_last_checkpoint_is_saved_by_lightning_s_code_every_epoch(tmp_path):
+    """With save_top_k 0 Lightning would write last.ckpt only when training ends; here every epoch ends with one,
+    written by Lightning's own save: a second fit into the folder versions it, and CHECKPOINT_NAME_LAST's template
+    is formatted in the file name and in last_model_path."""
+    for _ in range(2):
+        _fit_boring(ModelCheckpoint(dirpath=tmp_path, monitor=None, save_top_k=0), epochs=2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["last-v1.ckpt", "last.ckpt"]
+    assert torch.load(tmp_path / "last-v1.ckpt", weights_only=True)["epoch"] == 1
+
+    callback = ModelCheckpoint(dirpath=tmp_path / "named", monitor=None, save_top_k=0)
+    callback.CHECKPOINT_NAME_LAST = "last-{epoch}"
+    saved = []
+    callback.on_save_checkpoint = lambda trainer, module, checkpoint: saved.append(trainer.current_epoch)
+    _fit_boring(callback, epochs=3)
+    assert saved == [0, 1, 2]  # one save at the end of each epoch, each replacing the one before
+    assert [path.name for path in (tmp_path / "named").iterdir()] == ["last-epoch=2.ckpt"]
+    assert callback.last_model_path == str(tmp_path / "named/last-epoch=2.ckpt")
+
+
+def test_a_run_stopped_early_resumes_to_a_larger_patience_and_ends_at_once_with_the_same(workdir, capsys):
+    """stopped_epoch is restored as saved (Lightning's contract); at the start of training a resumed run goes on if
+    its patience is larger than the count that stopped it, and ends at once if not."""
+    args = ["--data.n_samples=200", "--model.lr=0.7", "--data.batch_size=8", "--trainer.max_epochs=30", *QUIET]
+    for extra in ([], ["--ckpt_path=last"], ["--ckpt_path=last", "--early_stopping.patience=3"]):
+        patience = ["--early_stopping.patience=1"] if "--early_stopping.patience=3" not in extra else []
+        cli = BatchSizeCLI(LinearRegressor, RegressionDataModule, args=["fit", *args, *patience, *extra])
+        stopper = find_callback(cli.trainer, EarlyStopping)
+        assert stopper.stopped_epoch > 0
+        if extra == []:
+            first = stopper.stopped_epoch
+        elif len(extra) == 1:
+            assert stopper.stopped_epoch == first  # nothing more to train
+        else:
+            assert stopper.stopped_epoch > first  # trained on, and stopped again with patience 3
+    assert [f.split(",")[0] for f in capsys.readouterr().out.splitlines() if f.startswith("Fit finished")] == [
+        f"Fit finished: {first + 1} of 30 epochs",
+        f"Fit finished: {first + 1} of 30 epochs",
+        f"Fit finished: {stopper.stopped_epoch + 1} of 30 epochs",
+    ]
 
 
 SWA = [
