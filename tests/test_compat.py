@@ -24,6 +24,8 @@ def test_save_last_checkpoint_formats_versions_and_records_the_path(tmp_path):
     for expected in ("epoch=0-last.ckpt", "epoch=0-last-v1.ckpt"):
         callback = ModelCheckpoint(dirpath=tmp_path, save_last=True)
         callback.CHECKPOINT_NAME_LAST = "{epoch}-last"
+        callback._last_global_step_saved = -1  # what Lightning would decide by stays as it was
         compat.save_last_checkpoint(callback, _connected(callback))
+        assert callback._last_global_step_saved == -1
         assert callback.last_model_path == str(tmp_path / expected)
         assert (tmp_path / expected).is_file()
