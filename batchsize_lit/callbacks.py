@@ -20,12 +20,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from batchsize_lit import compat
 from batchsize_lit.disk import saving
 from batchsize_lit.errors import BadInput, Diverged, did_you_mean
 from batchsize_lit.outputs import accumulation_scale, batch_samples, logged_train_loss, step_loss
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.signals import is_sigterm, save_at_sigterm, stopped_line
 from batchsize_lit.trainer_info import batch_size, global_batch_size, learning_rate, plain_sgd, steps_per_epoch
+from batchsize_lit.weight_averaging import final_average
 
 # The hooks Lightning calls on every callback at every training step or evaluation batch.
 PER_BATCH_HOOKS = (
@@ -100,6 +102,8 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
         self.best_weights: dict[str, Tensor] | None = None
         self.best_epoch: int | None = None
         self.restored = False
+        self.averaged_by: str | None = None  # the weight-averaging callback whose average the fit ended with
+        self._ended = False
         self._validated_epoch = -1
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -108,7 +112,9 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
             self.check_at_epoch_end = trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.stopped_epoch:  # resumed from a run that had already stopped early: nothing left to train
+        if self.stopped_epoch and self.wait_count < self.patience:  # stopped early by a smaller patience: go on
+            self.stopped_epoch = 0
+        elif self.stopped_epoch:  # resumed from a run that had already stopped early: nothing left to train
             trainer.should_stop = True
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -150,15 +156,19 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
                 self.best_weights = {name: value.detach().clone() for name, value in pl_module.state_dict().items()}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.restored = False
+        self.restored, self.averaged_by, self._ended = False, None, False
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.restore_best_weights and self.best_weights is not None:
+        """Restore the best weights, unless a weight-averaging callback ends training with its average: that wins,
+        and ``averaged_by`` names it (the summary says so). An average is never silently thrown away."""
+        self._ended = True
+        self.averaged_by = final_average(trainer)
+        if self.restore_best_weights and self.best_weights is not None and self.averaged_by is None:
             pl_module.load_state_dict(self.best_weights)
             self.restored = True
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.restored:  # resumed from a run that had already finished: Lightning skips on_train_end
+        if not self._ended:  # resumed from a run that had already finished: Lightning skips on_train_end
             self.on_train_end(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
@@ -168,8 +178,6 @@ class EarlyStopping(_FixedStateKey, _EarlyStopping):
         patience = self.patience  # the resuming command's setting, as its config.yaml says; the counts carry on
         super().load_state_dict(state_dict)
         self.patience = patience
-        if self.stopped_epoch and self.wait_count < patience:  # stopped early by a smaller patience: go on
-            self.stopped_epoch = 0
         self.best_weights = state_dict.get("best_weights")
         self.best_epoch = state_dict.get("best_epoch")
 
@@ -190,8 +198,10 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
     """Lightning's ModelCheckpoint keeping the best checkpoint, and with ``save_last: true`` a last.ckpt written at the
     end of every training epoch.
 
-    Lightning writes last.ckpt only when a top-k checkpoint is saved; here it follows every epoch, so that resuming
-    from it continues exactly where training stopped. ``save_last: link`` and ``false`` behave as in Lightning.
+    Lightning writes last.ckpt only when a top-k checkpoint is saved; here, in addition, at the end of every training
+    epoch that saved nothing, so that resuming from it continues exactly where training stopped. Each last.ckpt is
+    written by Lightning's own code: its name template, versioning and removal of the previous one are Lightning's.
+    ``save_last: link`` and ``false`` behave as in Lightning.
     """
 
     def __init__(
@@ -208,12 +218,9 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
             save_last: true writes last.ckpt at the end of every epoch; link and false as in Lightning.
             **kwargs: The other arguments of lightning.pytorch.callbacks.ModelCheckpoint.
         """
-        self.last_every_epoch = save_last is True
         self.report_interrupt = True  # a study reports an interrupted cell its own way
         self.sigterm_checkpoint: str | None = None  # where a fit stopped by SIGTERM saved its last step
-        super().__init__(
-            monitor=monitor, filename=filename, save_last=None if save_last is True else save_last, **kwargs
-        )
+        super().__init__(monitor=monitor, filename=filename, save_last=save_last, **kwargs)
         if not kwargs.get("every_n_train_steps") and kwargs.get("train_time_interval") is None:
             self.on_train_batch_end = None  # no saves between epochs: a hook that is None is skipped (skip_idle_hooks)
 
@@ -225,10 +232,9 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
             super().setup(trainer, pl_module, stage)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self.last_every_epoch and self.dirpath and not trainer.fast_dev_run and not trainer.sanity_checking:
-            self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-            trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+        super().on_train_epoch_end(trainer, pl_module)  # saves top-k, and last with it, when it is time to
+        if self.save_last is True and not compat.checkpoint_skips_saving(self, trainer):  # nothing saved at this step
+            compat.save_last_checkpoint(self, trainer)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Which checkpoints were best and last matters to a resumed fit only; evaluating a checkpoint read from
@@ -252,7 +258,7 @@ class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         if is_sigterm(exception):  # stopped at a step boundary: last.ckpt at that step, even mid-epoch
-            dirpath = self.dirpath if self.last_every_epoch or self.save_last else None
+            dirpath = self.dirpath if self.save_last else None
             path = save_at_sigterm(trainer, dirpath, "last.ckpt", self.save_weights_only)
             self.sigterm_checkpoint = path
             if path:

@@ -16,7 +16,6 @@ import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerStatus
@@ -26,13 +25,13 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from batchsize_lit import runs
 from batchsize_lit.callbacks import (
     AtomicCheckpointIO,
-    BriefModelSummary,
     DivergenceCheck,
     EarlyStopping,
     ModelCheckpoint,
     RunHistory,
     skip_idle_hooks,
 )
+from batchsize_lit.config_types import register_config_types
 from batchsize_lit.errors import (
     BAD_INPUT,
     BadInput,
@@ -44,12 +43,14 @@ from batchsize_lit.errors import (
 )
 from batchsize_lit.predictions import PredictionWriter, predictions_folder
 from batchsize_lit.problem import reference_facts, run_report
-from batchsize_lit.progress import ThrottledProgressBar
 from batchsize_lit.rejections import rejected_setting
 from batchsize_lit.runs import LOG_ROOT, check_checkpoint
 from batchsize_lit.signals import Terminated
 from batchsize_lit.trainer_info import find_callback
+from batchsize_lit.trainer_setup import configured_callbacks, use_template_console
+from batchsize_lit.weight_averaging import added_epochs
 
+register_config_types()  # before any parser is made: a saved config.yaml must run again
 # Lightning's own batch flattening builds a torch LeafSpec, which torch>=2.10 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, "lightning")
 # Lightning advertises a cloud logger on every run; a line no user of this template can act on.
@@ -301,6 +302,9 @@ class BatchSizeCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self._notices.hold("lightning.pytorch.utilities.rank_zero")
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        given = configured_callbacks(config.get("trainer"))
+        kwargs.setdefault("callbacks", list(given))  # Lightning extends the list it gets: given stays the user's
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as error:  # name the device flags where Lightning's text does not
@@ -312,15 +316,7 @@ class BatchSizeCLI(LightningCLI):
         self._notices.release()  # built: the seed and device lines, in the order they came
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: write checkpoints atomically
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        given = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-        given = {id(callback) for callback in (given if isinstance(given, list) else [given])}
-        for index, callback in enumerate(trainer.callbacks):  # Lightning's defaults, not a user's own choice
-            if id(callback) in given:
-                continue
-            if type(callback) in (TQDMProgressBar, RichProgressBar):  # Rich when the rich package is installed
-                trainer.callbacks[index] = ThrottledProgressBar()
-            elif type(callback) in (ModelSummary, RichModelSummary):
-                trainer.callbacks[index] = BriefModelSummary()
+        use_template_console(trainer, given)
         skip_idle_hooks(trainer.callbacks)
         return trainer
 
@@ -403,7 +399,8 @@ class BatchSizeCLI(LightningCLI):
         trainer = self.trainer
         history = find_callback(trainer, RunHistory)
         stopper = find_callback(trainer, EarlyStopping)
-        epochs, max_epochs = len(history.history), trainer.max_epochs
+        added = added_epochs(trainer, self.model)  # StochasticWeightAveraging's batch-norm epoch: trains nothing
+        epochs, max_epochs = len(history.history) - added, trainer.max_epochs
         if stopper is not None and stopper.stopped_epoch:
             why = f"early stop at epoch {stopper.stopped_epoch + 1} (patience {stopper.patience})"
         elif max_epochs is not None and epochs >= max_epochs > 0:
@@ -411,7 +408,8 @@ class BatchSizeCLI(LightningCLI):
         else:
             why = "stopped by max_steps, max_time or a callback"
         of_max = f" of {max_epochs}" if max_epochs is not None and max_epochs > 0 else ""
-        lines = [f"Fit finished: {epochs}{of_max} epochs, {why}."]
+        plus = f" and {added} batch-norm epoch for the average" if added else ""
+        lines = [f"Fit finished: {epochs}{of_max} epochs{plus}, {why}."]
         best = history.best()
         if best is not None:
             lines.append(f"  best {history.monitor} {best[0]:.5g} at epoch {best[1]}")
@@ -419,6 +417,8 @@ class BatchSizeCLI(LightningCLI):
             lines.append(f"  {history.monitor} was never logged")
         if stopper is not None and stopper.restored:
             lines.append(f"  weights restored to the best epoch, {stopper.best_epoch + 1}")
+        elif stopper is not None and stopper.averaged_by:
+            lines.append(f"  weights are {stopper.averaged_by}'s average, not restored to the best epoch")
         else:
             lines.append("  weights are those of the last epoch (not restored)")
         facts = reference_facts(self.datamodule, self.model)

@@ -127,7 +127,7 @@ def _callback_problem(trainer: Trainer) -> str | None:
     target = find_callback(trainer, StepsToTarget)
     if history is None:
         return "the run history is off"
-    if checkpoint is not None and (checkpoint.save_top_k != 0 or checkpoint.save_last or checkpoint.last_every_epoch):
+    if checkpoint is not None and (checkpoint.save_top_k != 0 or checkpoint.save_last):
         return "checkpoints are saved (cohorts need checkpoint.save_top_k: 0 and save_last: false)"
     if early is not None and (early.stopping_threshold is not None or early.divergence_threshold is not None):
         return "early_stopping sets a stopping or divergence threshold"

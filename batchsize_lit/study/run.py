@@ -33,6 +33,7 @@ from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.signals import SIGTERM_STATUS, Terminated, is_sigterm, worker_sigterm
 from batchsize_lit.trainer_info import batch_size, find_callback, global_batch_size, learning_rate, scalar_metrics
+from batchsize_lit.weight_averaging import added_epochs
 
 Defaults = tuple[type[LightningModule] | None, type[LightningDataModule] | None]
 UnitRunner = Callable[[dict[str, list[str]], Path, Defaults], list[dict[str, Any]]]
@@ -313,7 +314,7 @@ def result_row(cli: BatchSizeCLI, cell: str, status: str, seconds: float, metric
         "lr": model.hparams.get("lr") if not cli.config.get("optimizer") else None,
         "lr_effective": learning_rate(trainer, initial=True),
         "seed": cli.config.get("seed_everything"),
-        "epochs_run": len(history.history) if history else None,
+        "epochs_run": len(history.history) - added_epochs(trainer, model) if history else None,
         "steps": trainer.global_step,
         "samples": history.samples if history else None,
         "train_loss": history.last("train_loss") if history else None,
