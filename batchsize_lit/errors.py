@@ -88,7 +88,7 @@ def one_line(error: BaseException) -> str:
     """The error as one line. A class-typed key (model, data) fails in jsonargparse as a Union of the class and
     None; only what the class itself said is kept, under its key."""
     text = " ".join(str(error).split())
-    text = re.sub(r'^(Parser key "\w+": )- Expected a path but \S+ either not accessible or invalid - ', r"\1", text)
+    text = re.sub(r'^(Parser key "\w+": )- Expected a path but .+? either not accessible or invalid - ', r"\1", text)
     union = re.match(
         r'(?:Parser key "(\w+)": )?Does not validate against any of the Union subtypes.*?Errors: - (.*?)'
         r" - Expected a <class 'NoneType'>",
@@ -115,13 +115,14 @@ def one_line(error: BaseException) -> str:
         base = "data" if "LightningDataModule" in text else "model" if "LightningModule" in text else "class"
         inner = _null_init_arg(group or base, text, inner)
     subclass = re.match(r"Import path does not correspond to a subclass of (\w+)", inner)
-    value = re.search(r"Given value: (\S+)$", text)
+    given = re.search(r"Given value: (.+)$", text)
+    value = given and _cut(given.group(1))
     if subclass and value:
-        inner = f"{group or 'class_path'}={value.group(1)!r} is not a {subclass.group(1)}"
+        inner = f"{group or 'class_path'}={value!r} is not a {subclass.group(1)}"
     not_a_class = re.match(r"Expected a dot import path string|Not a valid subclass of (\w+)", inner)
     if not_a_class and value:
         base = not_a_class.group(1) or {"model": "LightningModule", "data": "LightningDataModule"}.get(group, "class")
-        inner = f"{group or 'class_path'}={value.group(1)!r}: expected the import path of a {base}, package.module.Name"
+        inner = f"{group or 'class_path'}={value!r}: expected the import path of a {base}, package.module.Name"
     return inner
 
 
@@ -138,6 +139,11 @@ def _null_init_arg(group: str, text: str, inner: str) -> str:
     nulls = [key for key in re.findall(r"(\w+)=None\b", given.group(2)) if key in parameters]
     nulls = [key for key in nulls if parameters[key].default is not None]
     return f"{', '.join(f'{group}.{key}=null' for key in nulls)}: {inner}" if nulls else inner
+
+
+def _cut(value: str, width: int = 60) -> str:
+    """A given value short enough for one line: a path read as a config file gives the whole file as the value."""
+    return value if len(value) <= width else f"{value[:width]}..."
 
 
 def _plain_union(text: str) -> str:

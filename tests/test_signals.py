@@ -85,9 +85,8 @@ def test_sigterm_mid_epoch_saves_the_step_exits_143_and_resumes_exactly(tmp_path
 
 def test_sigterm_before_training_exits_143_and_leaves_no_run_folder(tmp_path):
     """Stopped while the run is built, before a step: nothing trained, nothing to resume, still 143."""
-    process = start(["fit", *LONG_FIT, "--data.n_samples=2000000"], tmp_path)  # its data take a while to make
-    wait_for(tmp_path / "lightning_logs/b16/version_0")
-    time.sleep(0.3)
+    process = start(["fit", *LONG_FIT, "--data.class_path=fork.slow_setup.SlowSetupData"], tmp_path)
+    wait_for(tmp_path / "setup_started")  # the run folder is made; setup then waits 30 s
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
