@@ -195,8 +195,7 @@ def never_logged(key: str, metric: str, trainer: pl.Trainer) -> str:
 
 
 class ModelCheckpoint(_FixedStateKey, _ModelCheckpoint):
-    """Lightning's ModelCheckpoint keeping the best checkpoint, and with ``save_last: true`` a last.ckpt written at the
-    end of every training epoch.
+    """Lightning's ModelCheckpoint; with ``save_last: true``, last.ckpt is also written at every epoch's end.
 
     Lightning writes last.ckpt only when a top-k checkpoint is saved; here, in addition, at the end of every training
     epoch that saved nothing, so that resuming from it continues exactly where training stopped. Each last.ckpt is
@@ -476,9 +475,10 @@ class RunHistory(pl.Callback):
 
 
 class DivergenceCheck(pl.Callback):
-    """Stops training with an explanation once the train loss or a monitored metric is NaN or infinite, and warns
-    before training when the learning rate is at or above the problem's ``lr_max_stable`` reference fact (with plain
-    SGD, which it is about).
+    """Stops training with an explanation once the train loss or a monitored metric is NaN or infinite.
+
+    Before training it warns when the learning rate is at or above the problem's ``lr_max_stable`` reference fact
+    (with plain SGD, which it is about).
 
     The train loss is what ``training_step`` returns or, where it returns none (manual optimization), what the model
     logs as ``train_loss`` (or ``train_loss_step``, ``train_loss_epoch``). The monitored metrics, those of early
