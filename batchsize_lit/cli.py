@@ -1,7 +1,6 @@
-"""The LightningCLI: defaults, the declared callbacks, run folders, checkpoint checks and the end-of-fit summary."""
+"""The LightningCLI: defaults and the declared callbacks; run folders, config reading and the summary live apart."""
 
 import copy
-import inspect
 import logging
 import re
 import shutil
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -31,24 +29,27 @@ from batchsize_lit.callbacks import (
     RunHistory,
     skip_idle_hooks,
 )
+from batchsize_lit.config_args import (
+    class_path_of,
+    config_stem,
+    drop_inherited_defaults,
+    given_keys,
+    print_flags,
+)
 from batchsize_lit.config_types import register_config_types
 from batchsize_lit.errors import (
     BAD_INPUT,
     BadInput,
     config_file_problem,
-    config_values,
     config_with_keys,
     did_you_mean,
-    import_class,
 )
 from batchsize_lit.predictions import PredictionWriter, predictions_folder
-from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.rejections import rejected_setting
 from batchsize_lit.runs import LOG_ROOT, check_checkpoint
 from batchsize_lit.signals import Terminated
-from batchsize_lit.trainer_info import find_callback
+from batchsize_lit.summary import fit_summary
 from batchsize_lit.trainer_setup import configured_callbacks, use_template_console
-from batchsize_lit.weight_averaging import added_epochs
 
 register_config_types()  # before any parser is made: a saved config.yaml must run again
 # Lightning's own batch flattening builds a torch LeafSpec, which torch>=2.10 deprecates; nothing a user can act on.
@@ -98,13 +99,6 @@ DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
     "init_args": {"save_dir": LOG_ROOT, "name": None, "default_hp_metric": False},
 }
-
-
-def config_stem(config: Any, default: str) -> str:
-    """The file name, without extension, of the last --config given: what a run or a study is named after. A config
-    given inline, as a YAML string, has no file name (jsonargparse records None)."""
-    paths = config.get("config") or []
-    return Path(str(paths[-1])).stem if paths and paths[-1] is not None else default
 
 
 class BatchSizeCLI(LightningCLI):
@@ -206,7 +200,7 @@ class BatchSizeCLI(LightningCLI):
         given = self._given = given_keys(argv or [])
         for key, default_class in self.default_classes.items():
             if default_class is not None and config.get(key) is not None:
-                _drop_inherited_defaults(config[key], default_class, {k[len(key) + 1 :] for k in given})
+                drop_inherited_defaults(config[key], default_class, {k[len(key) + 1 :] for k in given})
         if printing:
             self._checkpoint_follows_early_stopping(config)
             text = self.parser_of(subcommand).dump(config, **print_flags(printing))
@@ -339,7 +333,11 @@ class BatchSizeCLI(LightningCLI):
     def after_fit(self) -> None:
         self._claimed = None  # the run is complete: nothing to remove
         if rank_zero_only.rank == 0:
-            print(self.summary(time.perf_counter() - self._started))
+            print(
+                fit_summary(
+                    self.trainer, self.model, self.datamodule, self.log_dir, time.perf_counter() - self._started
+                )
+            )
 
     def remove_new_run(self) -> None:
         """Bad input found once the run folder was made: leave no half-written run folder behind."""
@@ -393,107 +391,6 @@ class BatchSizeCLI(LightningCLI):
     def after_predict(self) -> None:
         if rank_zero_only.rank == 0:
             print(self._predictions.report())
-
-    def summary(self, seconds: float) -> str:
-        """The end-of-fit report: how and why it stopped, the best epoch, what the model and data add."""
-        trainer = self.trainer
-        history = find_callback(trainer, RunHistory)
-        stopper = find_callback(trainer, EarlyStopping)
-        added = added_epochs(trainer, self.model)  # StochasticWeightAveraging's batch-norm epoch: trains nothing
-        epochs, max_epochs = len(history.history) - added, trainer.max_epochs
-        if stopper is not None and stopper.stopped_epoch:
-            why = f"early stop at epoch {stopper.stopped_epoch + 1} (patience {stopper.patience})"
-        elif max_epochs is not None and epochs >= max_epochs > 0:
-            why = "max_epochs reached"
-        else:
-            why = "stopped by max_steps, max_time or a callback"
-        of_max = f" of {max_epochs}" if max_epochs is not None and max_epochs > 0 else ""
-        plus = f" and {added} batch-norm epoch for the average" if added else ""
-        lines = [f"Fit finished: {epochs}{of_max} epochs{plus}, {why}."]
-        best = history.best()
-        if best is not None:
-            lines.append(f"  best {history.monitor} {best[0]:.5g} at epoch {best[1]}")
-        else:
-            lines.append(f"  {history.monitor} was never logged")
-        if stopper is not None and stopper.restored:
-            lines.append(f"  weights restored to the best epoch, {stopper.best_epoch + 1}")
-        elif stopper is not None and stopper.averaged_by:
-            lines.append(f"  weights are {stopper.averaged_by}'s average, not restored to the best epoch")
-        else:
-            lines.append("  weights are those of the last epoch (not restored)")
-        facts = reference_facts(self.datamodule, self.model)
-        lines += [f"  {line}" for line in run_report(facts, self.model, self.datamodule).lines]
-        lines.append(f"  {trainer.global_step} steps, {history.samples} samples seen, {seconds:.1f} s")
-        lines += [f"  {line}" for line in runs.where_to_look(trainer, self.log_dir)]
-        return "\n".join(lines)
-
-
-# The flags of --print_config=FLAG,...: jsonargparse's, with skip_null as the older name of skip_unset.
-PRINT_FLAGS = {"skip_default": "skip_default", "skip_unset": "skip_unset", "skip_null": "skip_unset"}
-
-
-def print_flags(printing: list[str]) -> dict[str, bool]:
-    """jsonargparse's dump arguments for ``--print_config[=flags]``; by default every key is printed."""
-    kwargs = {"skip_unset": False}
-    for flag in (flag for arg in printing for flag in arg.partition("=")[2].split(",") if flag):
-        if flag not in PRINT_FLAGS:
-            raise ArgumentError(None, f"--print_config={flag}: unknown flag; known: {', '.join(PRINT_FLAGS)}")
-        kwargs[PRINT_FLAGS[flag]] = True
-    return kwargs
-
-
-def _drop_inherited_defaults(spec: Any, default_class: type, given: set[str]) -> None:
-    """Give a class chosen by class_path its own defaults where jsonargparse left the default class's in place.
-
-    When a class_path replaces the default class, jsonargparse keeps every init arg the new class also has, the
-    default class's defaults among them (jsonargparse issue #460). An init arg not given on the command line or in a
-    config file, equal to the default class's default and unlike the new class's own, is set to the new class's.
-    """
-    class_path = getattr(spec, "class_path", None)
-    init_args = getattr(spec, "init_args", None)
-    if not class_path or init_args is None or class_path == class_path_of(default_class):
-        return
-    try:
-        chosen = import_class(class_path)
-    except (ImportError, AttributeError):
-        return
-    old, new = _init_defaults(default_class), _init_defaults(chosen)
-    for key in list(init_args.keys()):
-        if key not in given and key in old and key in new and init_args[key] == old[key] and new[key] != old[key]:
-            init_args[key] = new[key]
-
-
-def given_keys(argv: list[str]) -> set[str]:
-    """The config keys that a command line sets, on it or in its config files, without ``init_args``: data.seed."""
-    keys: set[str] = set()
-
-    def walk(value: Any, prefix: str) -> None:
-        if isinstance(value, dict):
-            for name, inner in value.items():
-                walk(inner, prefix if name == "init_args" else f"{prefix}.{name}".lstrip("."))
-        else:
-            keys.add(prefix)
-
-    for source in config_values(argv):
-        try:
-            text = Path(source).read_text() if Path(source).is_file() else source
-        except (OSError, ValueError):  # an inline config can be longer than a file name may be
-            text = source
-        try:
-            walk(yaml.safe_load(text), "")
-        except yaml.YAMLError:
-            continue
-    keys |= {arg[2:].split("=", 1)[0].replace(".init_args.", ".") for arg in argv if arg.startswith("--")}
-    return keys
-
-
-def class_path_of(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _init_defaults(cls: type) -> dict[str, Any]:
-    parameters = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def _differ(a: Any, b: Any) -> bool:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 
-from batchsize_lit.cli import config_stem
+from batchsize_lit.config_args import config_stem
 from batchsize_lit.errors import config_file_problem, config_with_keys, did_you_mean
 from batchsize_lit.study.cohort import plan, run_unit
 from batchsize_lit.study.grid import SHORT_NAMES, cell_name, expand, fit_args, group_name
