@@ -14,6 +14,14 @@ from batchsize_lit.data import EpochShuffleSampler, InMemoryDataset, InMemoryLoa
 from batchsize_lit.science import _LossOf
 
 
+def first_tensor(batch: Any) -> Tensor:
+    """The first tensor of a batch (of a stacked batch, the K members' along dimension 0), to count its examples."""
+    if isinstance(batch, Tensor):
+        return batch
+    values = batch.values() if isinstance(batch, dict) else batch
+    return next(first_tensor(value) for value in values)
+
+
 def stack_batches(batches: list[Any]) -> Any:
     """The members' batches as one batch with a leading member dimension, in tuples, lists and dicts."""
     first = batches[0]

@@ -13,10 +13,10 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, ModelCheckpoint, RunHistory
-from batchsize_lit.cohort_module import CohortLoader, CohortModule, StackedModel, stack_batches
+from batchsize_lit.cohort_module import CohortLoader, CohortModule, StackedModel, first_tensor, stack_batches
 from batchsize_lit.errors import one_line
 from batchsize_lit.problem import has_loss
-from batchsize_lit.science import GradientNoiseScale, StepsToTarget, _first_tensor
+from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.signals import Terminated, is_sigterm
 from batchsize_lit.study.members import Member, Members
 from batchsize_lit.study.run import (
@@ -134,10 +134,9 @@ def _callback_problem(trainer: Trainer) -> str | None:
         return "early stopping monitors another metric than the history"
     if noise is not None and (noise.every_n_steps or noise.every_n_epochs):
         return "GradientNoiseScale measures during training (cohorts measure it at the target only)"
-    if target is not None:
-        return "StepsToTarget's per-target bookkeeping is not vectorized"
-    if target is not None and not target.every_n_steps and target.monitor != history.monitor:
-        return f"StepsToTarget monitors {target.monitor}, not the validated {history.monitor}"
+    monitor = target and (target.monitor or (early.monitor if early is not None else "val_loss"))  # as its setup
+    if target is not None and not target.every_n_steps and monitor != history.monitor:
+        return f"StepsToTarget monitors {monitor}, not the validated {history.monitor}"
     return None
 
 
@@ -164,7 +163,7 @@ def _model_problem(cli: Any) -> str | None:
     if set(logged) != {monitor}:
         return f"validation logs {', '.join(sorted(logged))}, not just {monitor}"
     batches = list(datamodule.val_dataloader())
-    sizes = [len(_first_tensor(batch)) for batch in batches]
+    sizes = [len(first_tensor(batch)) for batch in batches]
     with torch.no_grad():
         mean = sum(float(model.loss(b)) * n for b, n in zip(batches, sizes, strict=True)) / sum(sizes)
     if abs(mean - logged[monitor]) > 1e-4 * max(1.0, abs(mean)):
