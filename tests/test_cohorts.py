@@ -116,7 +116,13 @@ def test_cohorts_with_several_targets_equal_serial_cells_and_their_critical_batc
     out = capsys.readouterr().out
     assert "12 cells in 3 cohorts" in out and "cohorts off:" not in out
     rows = assert_same_cells(serial, cohort)
-    assert (serial / "critical_batch.csv").read_text() == (cohort / "critical_batch.csv").read_text()
+    # The same rows give the same fits, up to the last bits of torch.linalg.lstsq, which vary from call to call
+    # with several threads.
+    fits, cohort_fits = read_csv(serial / "critical_batch.csv"), read_csv(cohort / "critical_batch.csv")
+    assert [list(fit) for fit in fits] == [list(fit) for fit in cohort_fits]
+    for fit, cohort_fit in zip(fits, cohort_fits, strict=True):
+        assert [k for k in fit if fit[k]] == [k for k in cohort_fit if cohort_fit[k]]
+        assert all(float(fit[k]) == pytest.approx(float(cohort_fit[k]), rel=1e-12) for k in fit if fit[k]), fit
     # every target reached by some cell and missed by another, its noise scale measured at its own weights
     for index in (1, 2, 3):
         steps = [row[f"steps_to_target_{index}"] for row in rows]
