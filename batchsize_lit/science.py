@@ -3,7 +3,7 @@
 import math
 import random
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from typing import Any, Literal
 
@@ -513,20 +513,31 @@ class StepsToTarget(pl.Callback):
             values = [reference * (1 + t if self.mode == "min" else 1 - t) for t in tolerances]
         return sorted(set(values), reverse=self.mode == "min")
 
-    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, value: float) -> None:
-        history = None
+    def check(self, value: float, step: int, samples: int | None, weights: Callable[[], dict[str, Tensor]]) -> bool:
+        """Record one check of the metric against every target; True once the run should stop.
+
+        Args:
+            value: The metric's value at this check.
+            step: Optimizer steps taken so far.
+            samples: Training samples seen so far (None if not counted).
+            weights: Returns a copy of the current state_dict, called only where a target is newly reached.
+        """
         for index, (target, result) in enumerate(zip(self.targets, self.results, strict=True)):
             if value <= target if self.mode == "min" else value >= target:
                 if result["steps"] is None:
-                    history = history or find_callback(trainer, RunHistory)
-                    result["steps"], result["samples"] = trainer.global_step, history.samples if history else None
+                    result["steps"], result["samples"] = step, samples
                     # Measured once the run ends, at these weights: the target can be reached many times.
-                    self._weights[index] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+                    self._weights[index] = weights()
                 self._held[index] += 1
             else:  # it must stay reached
                 result["steps"] = result["samples"] = self._weights[index] = None
                 self._held[index] = 0
-        if self.stop and self._held and self._held[-1] >= self.hold:
+        return bool(self.stop and self._held and self._held[-1] >= self.hold)
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, value: float) -> None:
+        history = find_callback(trainer, RunHistory)
+        samples = history.samples if history else None
+        if self.check(value, trainer.global_step, samples, lambda: _copy_state(pl_module)):
             trainer.should_stop = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -549,7 +560,7 @@ class StepsToTarget(pl.Callback):
         gns = find_callback(trainer, GradientNoiseScale)
         if gns is None or gns.method != "per_example" or not any(self._weights):
             return
-        current = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        current = _copy_state(pl_module)
         for result, weights in zip(self.results, self._weights, strict=True):
             if weights is not None:
                 pl_module.load_state_dict(weights)
@@ -579,6 +590,10 @@ class StepsToTarget(pl.Callback):
                 row[f"target_{index}"] = result["target"]
                 row.update({f"{name}_{index}": result[key] for key, name in names.items()})
         return row
+
+
+def _copy_state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def fit_critical_batch(batch_sizes: list[float], steps: list[float]) -> dict[str, float]:

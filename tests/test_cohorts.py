@@ -17,7 +17,10 @@ BASE = {
         "accelerator": "cpu",
         "max_epochs": 8,
         "callbacks": [
-            {"class_path": "batchsize_lit.science.StepsToTarget", "init_args": {"tolerance": 0.3, "every_n_steps": 5}},
+            {
+                "class_path": "batchsize_lit.science.StepsToTarget",
+                "init_args": {"tolerance": 0.3, "every_n_steps": 5, "hold": 2},
+            },
             {"class_path": "batchsize_lit.science.GradientNoiseScale", "init_args": {"every_n_epochs": None}},
         ],
     },
@@ -81,6 +84,54 @@ def test_cohort_rows_equal_serial_rows_with_early_stopping_restore_and_divergenc
     ok = [row for row in rows if row["status"] == "ok"]
     assert any(int(row["epochs_run"]) < 8 for row in ok)  # stopped early, its best weights restored
     assert any(row["steps_to_target"] for row in ok) and any(row["b_simple_at_target"] for row in ok)
+
+
+# The critical-batch study in small: three targets checked every step, each held for 5 checks, the run stopped once
+# the hardest has held or at 160 steps (which some cells, one of them within its hold, end without the hardest target
+# reached), the noise scale measured at each target's weights.
+CRITICAL_BASE = {
+    "data": {"n_samples": 200},
+    "early_stopping": {"patience": None, "restore_best_weights": False},
+    "checkpoint": {"save_top_k": 0, "save_last": False},
+    "trainer": {
+        "accelerator": "cpu",
+        "max_epochs": -1,
+        "max_steps": 160,
+        "check_val_every_n_epoch": 10,
+        "callbacks": [
+            {
+                "class_path": "batchsize_lit.science.StepsToTarget",
+                "init_args": {"tolerance": [0.5, 0.25, 0.1], "every_n_steps": 1, "hold": 5},
+            },
+            {"class_path": "batchsize_lit.science.GradientNoiseScale", "init_args": {"every_n_epochs": None}},
+        ],
+    },
+}
+CRITICAL_GRID = {"data.batch_size": [4, 8, 16], "model.lr": [0.1, 0.4], "seed_everything": [0, 1]}
+
+
+def test_cohorts_with_several_targets_equal_serial_cells_and_their_critical_batch(workdir, capsys):
+    serial = study(workdir, CRITICAL_GRID, CRITICAL_BASE, "serial", "--cohorts", "off")
+    cohort = study(workdir, CRITICAL_GRID, CRITICAL_BASE, "cohort")
+    out = capsys.readouterr().out
+    assert "12 cells in 3 cohorts" in out and "cohorts off:" not in out
+    rows = assert_same_cells(serial, cohort)
+    # The same rows give the same fits, up to the last bits of torch.linalg.lstsq, which vary from call to call
+    # with several threads.
+    fits, cohort_fits = read_csv(serial / "critical_batch.csv"), read_csv(cohort / "critical_batch.csv")
+    assert [list(fit) for fit in fits] == [list(fit) for fit in cohort_fits]
+    for fit, cohort_fit in zip(fits, cohort_fits, strict=True):
+        assert [k for k in fit if fit[k]] == [k for k in cohort_fit if cohort_fit[k]]
+        assert all(float(fit[k]) == pytest.approx(float(cohort_fit[k]), rel=1e-12) for k in fit if fit[k]), fit
+    # every target reached by some cell and missed by another, its noise scale measured at its own weights
+    for index in (1, 2, 3):
+        steps = [row[f"steps_to_target_{index}"] for row in rows]
+        assert any(steps), index
+        assert any(row[f"b_simple_at_target_{index}"] for row in rows), index
+    assert any(not row["steps_to_target_3"] for row in rows)
+    assert len(read_csv(cohort / "critical_batch.csv")) == 3
+    tags = scalars(cohort / rows[0]["cell"])
+    assert {"target/steps_1", "target/val_loss_3", "gns/b_simple"} <= tags.keys()
 
 
 def test_cohort_size_splits_cohorts(workdir, capsys):

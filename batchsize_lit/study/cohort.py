@@ -135,10 +135,9 @@ def _callback_problem(trainer: Trainer) -> str | None:
         return "early stopping monitors another metric than the history"
     if noise is not None and (noise.every_n_steps or noise.every_n_epochs):
         return "GradientNoiseScale measures during training (cohorts measure it at the target only)"
-    if target is not None:
-        return "StepsToTarget's per-target bookkeeping is not vectorized"
-    if target is not None and not target.every_n_steps and target.monitor != history.monitor:
-        return f"StepsToTarget monitors {target.monitor}, not the validated {history.monitor}"
+    monitor = target and (target.monitor or (early.monitor if early is not None else "val_loss"))  # as its setup
+    if target is not None and not target.every_n_steps and monitor != history.monitor:
+        return f"StepsToTarget monitors {monitor}, not the validated {history.monitor}"
     return None
 
 

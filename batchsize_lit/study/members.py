@@ -11,13 +11,7 @@ from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, RunHistory
 from batchsize_lit.cohort_module import MemberStream, StackedModel, member_batch_size, stack_batches
 from batchsize_lit.outputs import batch_samples
 from batchsize_lit.problem import reference_facts, run_report
-from batchsize_lit.science import (
-    GradientNoiseScale,
-    StepsToTarget,
-    _concatenate,
-    _examples,
-    per_example_noise_scale,
-)
+from batchsize_lit.science import GradientNoiseScale, StepsToTarget, _examples
 from batchsize_lit.trainer_info import find_callback
 
 
@@ -40,12 +34,24 @@ class Member:
         self.loss_sum: Tensor | None = None
         self.batches, self.validated, self.last_loss = 0, None, None
         self.monitor_value: float | None = None  # the monitor's latest value, as callback_metrics holds it
-        self.held, self.reached_weights = 0, None
         self.best_weights: dict[str, Tensor] | None = None
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.logger is not None and metrics:
             self.logger.log_metrics(metrics, step=step)
+
+    def as_trainer(self) -> "MemberTrainer":
+        return MemberTrainer(self)
+
+
+class MemberTrainer:
+    """What StepsToTarget's and GradientNoiseScale's train-start, train-end and fit-end hooks read of a trainer,
+    for one member: its callbacks, data, step and logger. The member's own callbacks then run their own code."""
+
+    def __init__(self, member: Member) -> None:
+        trainer = member.cli.trainer
+        self.callbacks, self.datamodule, self.global_step = trainer.callbacks, member.cli.datamodule, member.step
+        self.loggers = [member.logger] if member.logger is not None else []
 
 
 class Members:
@@ -76,13 +82,10 @@ class Members:
             if member.logger is not None:
                 member.logger.log_hyperparams(hparams)
                 member.logger.save()
-            target = member.target
-            if target is not None and target.target is None:
-                reference = self.facts.get(f"{target.monitor}_at_optimum")
-                target.target = reference * (1 + target.tolerance if target.mode == "min" else 1 - target.tolerance)
-            if target is not None and target.every_n_steps:
-                loader = cli.datamodule.val_dataloader
-                target._val = member.stream.run(lambda loader=loader: _concatenate(list(loader())))
+            if member.target is not None:  # its targets, and the validation data it checks every_n_steps on
+                member.target.setup(cli.trainer, cli.model, "fit")
+                start = member.target.on_train_start
+                member.stream.run(lambda start=start, member=member: start(member.as_trainer(), member.cli.model))
             if member.noise is not None:  # as GradientNoiseScale reads them: drawing nothing training would see
                 member.noise.method = "per_example"
                 with isolate_rng():
@@ -129,18 +132,14 @@ class Members:
             self._target_check(k, float(values[k]))
 
     def _target_check(self, k: int, value: float) -> None:
+        """The member's own StepsToTarget decides, given the member's weights as its state_dict."""
         member = self.members[k]
-        target = member.target
-        if value <= target.target if target.mode == "min" else value >= target.target:
-            if target.reached_step is None:
-                target.reached_step, target.reached_samples = member.step, member.history.samples
-                member.reached_weights = self.stacked.snapshot(k)
-            member.held += 1
-            if target.stop and member.held >= target.hold:
-                member.should_stop = True
-        else:
-            target.reached_step = target.reached_samples = member.reached_weights = None
-            member.held = 0
+
+        def weights() -> dict[str, Tensor]:
+            return {name: t.detach().clone() for name, t in self.stacked.load_into(k).state_dict().items()}
+
+        if member.target.check(value, member.step, member.history.samples, weights):
+            member.should_stop = True
 
     def _train_loss(self, member: Member, loss: Tensor) -> None:
         member.loss_sum = loss.clone() if member.loss_sum is None else member.loss_sum.add_(loss)
@@ -226,25 +225,14 @@ def _epoch_due(epoch: int, every: int | None) -> bool:
 
 
 def finish(member: Member, k: int, stacked: StackedModel) -> None:
-    """A member's train end and fit end, as its cell's callbacks run them: the noise scale measured at the
-    weights where the target was reached, the best weights restored, the target logged; it is updated no more."""
+    """A member's train end and fit end, as its cell's callbacks run them: StepsToTarget's own train end (a target
+    still within its hold not reached, the noise scale measured at each target's weights), the best weights
+    restored, StepsToTarget's own fit end (the target/ tags); it is updated no more."""
     member.running = False
-    target, noise = member.target, member.noise
-    if target is not None and member.reached_weights is not None and noise is not None:
-        model = stacked.models[k]
-        current = stacked.snapshot(k)
-        stacked.restore(k, member.reached_weights)
-        stacked.load_into(k, model)
-        examples = noise._examples
-        noise.last = per_example_noise_scale(model.eval(), examples, noise._population)
-        model.train()
-        member.log({f"gns/{key}": value for key, value in noise.last.items()}, member.step)
-        target.b_simple_at_target = noise.last.get("b_simple")
-        stacked.restore(k, current)
+    target, trainer = member.target, member.as_trainer()
+    if target is not None:
+        target.on_train_end(trainer, stacked.load_into(k))  # measures on the member's model, then puts it back
     if member.early is not None and member.early.restore_best_weights and member.best_weights is not None:
         stacked.restore(k, member.best_weights)
     if target is not None:
-        metrics = {f"target/{target.monitor}": target.target}
-        if target.reached_step is not None:
-            metrics.update({"target/steps": target.reached_step, "target/samples": target.reached_samples})
-        member.log({key: value for key, value in metrics.items() if value is not None}, member.step)
+        target.on_fit_end(trainer, stacked.models[k])
