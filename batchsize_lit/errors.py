@@ -101,6 +101,11 @@ def one_line(error: BaseException) -> str:
     if not union or plain:  # a Union of plain types: str, Path, None
         return _plain_union(text)
     group, inner = union.group(1) or "", union.group(2)
+    if group and not inner.strip():  # jsonargparse gave no reason (a class_path it cannot read, such as '..')
+        inner = f"expected the import path of a class, package.module.Name ({text[text.find('Given value:') :]})"
+    not_a_string = re.fullmatch(r"argument of type '(\w+)' is not iterable", inner)
+    if group and not_a_string:  # class_path: null, or a number
+        inner = f"class_path must be an import path, package.module.Name (got {not_a_string.group(1)})"
     class_path = re.match(r"Problem with given class_path '([\w.]+)': (.*)", inner)
     if class_path:
         inner = class_path.group(2)
@@ -123,6 +128,8 @@ def one_line(error: BaseException) -> str:
     if not_a_class and value:
         base = not_a_class.group(1) or {"model": "LightningModule", "data": "LightningDataModule"}.get(group, "class")
         inner = f"{group or 'class_path'}={value!r}: expected the import path of a {base}, package.module.Name"
+    if group and not re.match(rf"(Parser key \"|unknown key )?{group}\b", inner):  # every line names its key
+        inner = f"{group}: {inner}"
     return inner
 
 

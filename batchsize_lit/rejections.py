@@ -11,7 +11,7 @@ from typing import Any
 import lightning
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 from batchsize_lit.errors import BadInput, import_class, one_line
 
@@ -40,6 +40,10 @@ def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
     nulls = null_settings(config) if config is not None else []
     if nulls and isinstance(error, TypeError):  # jsonargparse lets null through where a class needs a value
         return BadInput(f"{nulls[0]}=null: a value is needed here ({one_line(error)})")
+    built = init_failure(error)
+    if built is not None and not isinstance(built[2], ValueError):  # a ValueError names its key itself: kept as is
+        group, cls, cause = built
+        return BadInput(f"{group}: {cls.__name__}.__init__ failed: {type(cause).__name__}: {one_line(cause)}")
     hook = data_hook(error, getattr(cli, "datamodule", None))
     if hook is not None:
         return BadInput(
@@ -60,15 +64,19 @@ def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
 
 def null_settings(config: Namespace) -> list[str]:
     """The keys of the trainer, model and data set to null whose argument has another default and takes no None."""
+    from batchsize_lit import callbacks  # the classes of the callback groups: imported with the CLI anyway
+
+    classes = {"trainer": Trainer, "early_stopping": callbacks.EarlyStopping, "checkpoint": callbacks.ModelCheckpoint,
+               "history": callbacks.RunHistory, "divergence": callbacks.DivergenceCheck}  # fmt: skip
     found = []
-    for group in ("trainer", "model", "data"):
+    for group in ("trainer", "model", "data", *CALLBACK_GROUPS):
         spec = config.get(group)
         if not isinstance(spec, Namespace):
             continue
         values = spec.get("init_args") if "class_path" in spec else spec
         try:
-            cls = Trainer if group == "trainer" else import_class(spec.class_path)
-            parameters = inspect.signature(cls.__init__).parameters
+            cls = classes.get(group) or import_class(spec.class_path)
+            parameters = _parameters(cls)
         except Exception:  # a class that cannot be imported is reported by the parser
             continue
         for key, value in values.items() if isinstance(values, Namespace) else []:
@@ -78,6 +86,15 @@ def null_settings(config: Namespace) -> list[str]:
             if not re.search(r"None|Optional", str(parameter.annotation)):
                 found.append(f"{group}.{key}")
     return found
+
+
+def _parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The __init__ parameters of a class and of the classes its **kwargs pass on to, as jsonargparse resolves them."""
+    parameters: dict[str, inspect.Parameter] = {}
+    for base in reversed(cls.__mro__):
+        if "__init__" in vars(base) and base is not object:
+            parameters.update(inspect.signature(base.__init__).parameters)
+    return parameters
 
 
 def name_trainer_key(trainer_config: Any, text: str) -> str:
@@ -92,6 +109,20 @@ def name_trainer_key(trainer_config: Any, text: str) -> str:
         return text
     key, value = (named + quoted)[0]
     return f"trainer.{key}={value!r}: {text}"
+
+
+def init_failure(error: BaseException) -> tuple[str, type, BaseException] | None:
+    """("model" or "data", the class) when the error was raised inside a LightningModule's or LightningDataModule's
+    ``__init__``: a config value the class's own code could not use. jsonargparse wraps it in a ValueError of its
+    own, so the causes are searched too; the error returned is the class's own."""
+    cause: BaseException | None = error
+    while cause is not None:
+        for frame, _ in _frames(cause.__traceback__):
+            instance = frame.f_locals.get("self")
+            if frame.f_code.co_name == "__init__" and isinstance(instance, LightningModule | LightningDataModule):
+                return ("data" if isinstance(instance, LightningDataModule) else "model"), type(instance), cause
+        cause = cause.__cause__
+    return None
 
 
 def data_hook(error: BaseException, datamodule: LightningDataModule | None) -> str | None:

@@ -173,9 +173,17 @@ def fuzz(extra: list[str], examples: int) -> None:
         ([], ("trainer", "val_check_interval"), 10**12),
         ([], ("trainer", "logger", "class_path"), "collections.OrderedDict"),
         ([], ("data", "init_args", "n_samples"), 10**12),
+        ([], ("data", "init_args", "slope"), float("nan")),
+        ([], ("model", "class_path"), None),
+        ([], ("data", "class_path"), 5),
+        ([], ("early_stopping", "min_delta"), None),
+        ([], ("optimizer",), {"class_path": ".."}),
+        ([], ("lr_scheduler",), "../../etc/passwd"),
+        (FORK, ("model", "init_args", "hidden"), -16),
     ],
 )
-def test_known_mutants_fail_in_one_line(extra, key, value, tmp_path):
+def test_known_mutants_fail_in_one_line(extra, key, value, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
     mutant, named = mutate(resolved(extra), key, "value", value)
     code, stderr = run_mutant(mutant, extra, tmp_path)
     assert check(code, stderr, named, tmp_path, f"{key}={value!r}") == "error"
