@@ -182,7 +182,8 @@ class RegressionDataModule(pl.LightningDataModule):
         _check(isinstance(n_samples, int) and n_samples > 0, "n_samples", n_samples, "must be a positive integer")
         for key, value in (("slope", slope), ("intercept", intercept), ("x_min", x_min), ("x_max", x_max)):
             _check(math.isfinite(value), key, value, "must be a finite number")
-        _check(math.isfinite(noise_std) and noise_std >= 0, "noise_std", noise_std, "must be a finite number >= 0")
+        _check(noise_std >= 0, "noise_std", noise_std, "must be >= 0")
+        _check(math.isfinite(noise_std), "noise_std", noise_std, "must be a finite number")
         _check(x_max > x_min, "x_max", x_max, f"must be greater than x_min={x_min}")
         _check(0 <= val_fraction < 1, "val_fraction", val_fraction, "must be in [0, 1)")
         _check(0 <= test_fraction < 1, "test_fraction", test_fraction, "must be in [0, 1)")

@@ -35,8 +35,8 @@ def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
     config = config.get(subcommand, config) if subcommand and config is not None else config
     if config is not None:  # jsonargparse lets a list or a number through in place of a callback's settings
         for group in CALLBACK_GROUPS:
-            if group in config and config[group] is not None and not isinstance(config[group], Namespace):
-                return BadInput(f"{group}={config[group]!r}: expected its settings, keys with values (or null)")
+            if group in config and not isinstance(config[group], Namespace):
+                return BadInput(f"{group}={config[group]!r}: expected its settings, keys with values")
     nulls = null_settings(config) if config is not None else []
     if nulls and isinstance(error, TypeError):  # jsonargparse lets null through where a class needs a value
         return BadInput(f"{nulls[0]}=null: a value is needed here ({one_line(error)})")
