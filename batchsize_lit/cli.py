@@ -55,10 +55,10 @@ register_config_types()  # before any parser is made: a saved config.yaml must r
 # Lightning's own batch flattening builds a torch LeafSpec, which torch>=2.10 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, "lightning")
 # Lightning advertises a cloud logger on every run; a line no user of this template can act on.
-# Its "`Trainer.fit` stopped: `max_epochs=N` reached." repeats the summary's own line on how the run ended.
+# Its "`Trainer.fit` stopped: `max_epochs=N` reached." (or max_steps) repeats the summary's line on how it ended.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: (
-        not str(record.msg).startswith(("💡 Tip: For seamless cloud logging", "`Trainer.fit` stopped: `max_epochs="))
+        not str(record.msg).startswith(("💡 Tip: For seamless cloud logging", "`Trainer.fit` stopped: `max_"))
     )
 )
 

@@ -449,11 +449,14 @@ def test_a_fit_piped_to_a_file_writes_a_short_plain_log(tmp_path):
 
 
 def test_top_level_help_says_what_the_tool_is_and_a_finished_fit_says_it_once(tmp_path):
-    """The --help heading names the template and its study; a fit that ran all its epochs says so in its summary
-    alone, without Lightning's "`Trainer.fit` stopped: `max_epochs=2` reached." line."""
+    """The --help heading names the template and its study; a fit that ran all its epochs or steps says so in its
+    summary alone, without Lightning's "`Trainer.fit` stopped: `max_epochs=2` reached." line."""
     help_out = run_cli("--help", cwd=tmp_path).stdout
     assert "Lightning Trainer command line tool" not in help_out
     assert "batchsize-lit study" in " ".join(help_out.split()[:60])
     fit = run_cli("fit", "--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_epochs=2", cwd=tmp_path)
     assert fit.returncode == 0 and "Fit finished: 2 of 2 epochs" in fit.stdout
     assert "Trainer.fit` stopped" not in fit.stdout + fit.stderr
+    steps = run_cli("fit", "--config", str(CONFIGS / "b128.yaml"), *QUIET, "--trainer.max_steps=3", cwd=tmp_path)
+    assert steps.returncode == 0 and "stopped by max_steps" in steps.stdout
+    assert "Trainer.fit` stopped" not in steps.stdout + steps.stderr
