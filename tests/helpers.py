@@ -49,13 +49,18 @@ def write_study(folder: Path, grid: dict, base: dict | None = None, name: str = 
     return path
 
 
-def run(*args: str) -> int | str:
-    """The study command's exit status, run in this process: 0, or what it exited with."""
+def exit_code(args: list[str]) -> int | str:
+    """The command's exit status, run in this process: 0, or what it exited with."""
     try:
-        main(["study", *args])
+        main(args)
     except SystemExit as exit_info:
         return exit_info.code
     return 0
+
+
+def run(*args: str) -> int | str:
+    """The study command's exit status, run in this process."""
+    return exit_code(["study", *args])
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -6,19 +6,9 @@ import json
 
 import torch
 
-from batchsize_lit.__main__ import main
-
-from helpers import CONFIGS, QUIET, write_study
+from helpers import CONFIGS, QUIET, exit_code, write_study
 
 FIT = ["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=3", "--early_stopping.patience=null"]
-
-
-def exit_code(args: list[str]) -> int | str:
-    try:
-        main(args)
-    except SystemExit as exit_info:
-        return exit_info.code
-    return 0
 
 
 def fill_disk_after(monkeypatch, saves: int) -> None:

@@ -5,22 +5,12 @@ import csv
 import pytest
 import torch
 
-from batchsize_lit.__main__ import main
-
-from helpers import QUIET, hparams, read_csv, run_cli, scalars
+from helpers import QUIET, exit_code, hparams, read_csv, run_cli, scalars
 
 FORK = ["--model=fork.regression.SineRegressor", "--data=fork.regression.SineData", *QUIET]
 FORK += ["--early_stopping.monitor=val/loss", "--checkpoint.monitor=val/loss", "--trainer.max_epochs=4"]
 CLASSIFIER = ["--model=fork.classification.BlobClassifier", "--data=fork.classification.Blobs", *QUIET]
 CLASSIFIER += ["--early_stopping.monitor=val/acc", "--early_stopping.mode=max", "--trainer.max_epochs=6"]
-
-
-def exit_code(args: list[str]) -> int | str:
-    try:
-        main(args)
-    except SystemExit as exit_info:
-        return exit_info.code
-    return 0
 
 
 def test_fit_reports_the_best_monitored_value_and_logs_it(tmp_path):
