@@ -117,6 +117,7 @@ def run_cells(
     """
     for cell in cell_args:  # an unfinished folder from an interrupted run, or one to redo
         shutil.rmtree(folder / cell, ignore_errors=True)
+    tasks = [{cell: cell_args[cell] for cell in unit} for unit in units or [[cell] for cell in cell_args]]
     done = 0
 
     def record(row: dict[str, Any]) -> None:
@@ -129,13 +130,13 @@ def run_cells(
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # as in the workers: the same sums in the same order, whatever --jobs
             try:
-                for unit in units or [[cell] for cell in cell_args]:
-                    for row in run_unit({cell: cell_args[cell] for cell in unit}, folder, defaults):
+                for task in tasks:
+                    for row in run_unit(task, folder, defaults):
                         record(row)
             finally:
                 torch.set_num_threads(threads)
         else:
-            _run_in_workers(cell_args, folder, jobs, defaults, record, units, run_unit)
+            _run_in_workers(tasks, folder, jobs, defaults, record, run_unit)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             f"{done} of {len(cell_args)} cells finished, kept in {folder}; run the same command again to run the others"
@@ -148,18 +149,17 @@ def run_cells(
 
 
 def _run_in_workers(
-    cell_args: dict[str, list[str]],
+    tasks: list[dict[str, list[str]]],
     folder: Path,
     jobs: int,
     defaults: Defaults,
     on_row: Callable[[dict], None],
-    units: list[list[str]] | None = None,
-    run_unit: UnitRunner = run_one,
+    run_unit: UnitRunner,
 ) -> None:
+    """Each task (a cohort's cells, or one cell) in one of ``jobs`` worker processes."""
     gpus = gpu_count()
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker, initargs=(gpus,)) as pool:
-        tasks = [{cell: cell_args[cell] for cell in unit} for unit in units or [[cell] for cell in cell_args]]
         futures = [pool.submit(_worker_unit, run_unit, task, folder, defaults) for task in tasks]
         try:
             for future in as_completed(futures):  # each row as its cell finishes, whatever the grid order
