@@ -326,9 +326,11 @@ class BatchSizeCLI(LightningCLI):
                 config.ckpt_path = self._as_given["ckpt_path"]
             config.trainer.logger = self._as_given["logger"]  # not this run's folder
             config.trainer.default_root_dir = self._as_given["default_root_dir"]
-            self.parser_of(self.subcommand).save(
-                config, Path(self.log_dir, "config.yaml"), skip_unset=False, overwrite=True
-            )
+            self.write_config(config, Path(self.log_dir, "config.yaml"))
+
+    def write_config(self, config: Namespace, path: Path) -> None:
+        """The run's config.yaml: the config as given, with every default filled in."""
+        self.parser_of(self.subcommand).save(config, path, skip_unset=False, overwrite=True)
 
     def after_fit(self) -> None:
         self._claimed = None  # the run is complete: nothing to remove

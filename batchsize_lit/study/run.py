@@ -1,6 +1,5 @@
 """Running a study's cells: each a fit parsed by the same LightningCLI, serially or in worker processes."""
 
-import copy
 import gc
 import json
 import logging
@@ -11,31 +10,27 @@ import signal
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from batchsize_lit.callbacks import ModelCheckpoint, RunHistory
+from batchsize_lit.callbacks import RunHistory
 from batchsize_lit.cli import BatchSizeCLI
 from batchsize_lit.disk import whole_file
 from batchsize_lit.errors import USER_ERRORS, BadInput, DiskFull, Diverged, WorkerDied, one_line
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.signals import SIGTERM_STATUS, Terminated, is_sigterm, worker_sigterm
+from batchsize_lit.study.cell_cli import FOLDER_FLAG, CellCLI, Defaults
 from batchsize_lit.trainer_info import batch_size, find_callback, global_batch_size, learning_rate, scalar_metrics
 from batchsize_lit.weight_averaging import added_epochs
 
-Defaults = tuple[type[LightningModule] | None, type[LightningDataModule] | None]
 UnitRunner = Callable[[dict[str, list[str]], Path, Defaults], list[dict[str, Any]]]
 
 
@@ -45,49 +40,16 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-class CellCLI(BatchSizeCLI):
-    """BatchSizeCLI for study cells: every cell of a process is parsed by one parser, built once, and each cell's
-    arguments are parsed once, when they are checked; the run instantiates a copy of that config.
-
-    Building a parser creates new classes inside jsonargparse that are never freed, so a parser per cell would
-    grow the process by every cell. Without load_from_checkpoint_support no per-CLI hook is registered on the
-    shared parser; the cells' checkpoints hold their hyperparameters as save_hyperparameters() recorded them.
-    """
-
-    shared: ClassVar[dict[Defaults, tuple[LightningArgumentParser, list[LightningArgumentParser]]]] = {}
-    parsed: ClassVar[dict[tuple, tuple[Namespace, set[str]]]] = {}
-
-    def __init__(self, args: list[str], defaults: Defaults) -> None:
-        with warnings.catch_warnings():
-            # LightningCLI warns when args are given while sys.argv holds others: here those are the study's own.
-            warnings.filterwarnings("ignore", "LightningCLI's args parameter", UserWarning)
-            super().__init__(*defaults, args=args, run=False, load_from_checkpoint_support=False)
-
-    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
-        key = tuple(self.default_classes.values())
-        if key not in CellCLI.shared:
-            super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
-            CellCLI.shared[key] = (self.parser, self.parsers)
-        self.parser, self.parsers = CellCLI.shared[key]
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        if isinstance(trainer.checkpoint_callback, ModelCheckpoint):  # the study says how to go on after Ctrl-C
-            trainer.checkpoint_callback.report_interrupt = False
-        return trainer
-
-    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
-        key = (*self.default_classes.values(), *args)
-        if key not in CellCLI.parsed:
-            super().parse_arguments(parser, args)
-            CellCLI.parsed[key] = (copy.deepcopy(self.config), self._given)
-        config, self._given = CellCLI.parsed[key]
-        self.config = copy.deepcopy(config)  # instantiating a cell changes its config (the logger's version)
-
-
 def check_cells(cell_args: dict[str, list[str]], defaults: Defaults) -> None:
-    """Parse and instantiate every cell's config before anything runs, so a bad key or value fails at once."""
+    """Parse and instantiate cells' configs before anything runs, so a bad key or value fails at once: the first
+    cell, and each cell with a grid value no cell checked before holds, so that every value is checked once (a
+    10 × 5 × 10 grid checks 22 cells, not 500)."""
+    seen: set[str] = set()
     for cell, args in cell_args.items():
+        given = [arg for arg in args if not arg.startswith(f"--{FOLDER_FLAG}=")]
+        if seen and seen.issuperset(given):
+            continue
+        seen.update(given)
         try:
             cli = CellCLI(args, defaults)
         except USER_ERRORS as error:
