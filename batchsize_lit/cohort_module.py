@@ -134,6 +134,7 @@ class StackedModel:
         # per call, several times a step: skipped where the model ties none and has no buffers.
         names = [name for name, _ in self.base.named_parameters(remove_duplicate=False)]
         self._tied = len(names) != len(self.params)
+        self._named: dict[int, tuple[nn.Module, list[tuple[str, nn.Parameter]]]] = {}
 
     def _loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: Any) -> Tensor:
         state = (params, buffers) if buffers else params
@@ -166,9 +167,10 @@ class StackedModel:
     def load_into(self, k: int, model: nn.Module | None = None) -> nn.Module:
         """Member k's parameters copied into its own model (or the one given), which is returned."""
         model = model if model is not None else self.models[k]
-        wrapper = _LossOf(model)
+        if id(model) not in self._named:  # the wrapper's names are the stacked ones; built once per model
+            self._named[id(model)] = (model, list(_LossOf(model).named_parameters()))
         with torch.no_grad():
-            for name, param in wrapper.named_parameters():
+            for name, param in self._named[id(model)][1]:
                 param.copy_(self.params[name][k])
         return model
 

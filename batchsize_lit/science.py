@@ -534,6 +534,13 @@ class StepsToTarget(pl.Callback):
                 self._held[index] = 0
         return bool(self.stop and self._held and self._held[-1] >= self.hold)
 
+    def unchanged_by(self, value: float) -> bool:
+        """Whether a check of this value would record nothing: it reaches no target (the easiest is enough to
+        ask) and no target is being held. A cohort asks before it copies a member's weights out for ``check``."""
+        if any(self._held) or self.hold < 1:
+            return False
+        return not self.targets or not (value <= self.targets[0] if self.mode == "min" else value >= self.targets[0])
+
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, value: float) -> None:
         history = find_callback(trainer, RunHistory)
         samples = history.samples if history else None

@@ -134,15 +134,19 @@ class CellCLI(BatchSizeCLI):
             if sibling is not None and sibling["key"] == self._key:
                 sibling["text"] = path.read_text()
             return
-        data = yaml.safe_load(sibling["text"])
+        if "data" not in sibling:
+            sibling["data"] = yaml.load(sibling["text"], Loader=_Loader)
+        data = copy.deepcopy(sibling["data"])
         for flag in self._derived:
             *parents, last = config_key(config, flag).split(".")
             node = data
             for part in parents:
                 node = node[part]
             node[last] = config[config_key(config, flag)]
-        with whole_file(path) as file:
-            file.write(yaml.safe_dump(data, default_flow_style=False, allow_unicode=True, sort_keys=False))
+        with whole_file(path) as file:  # jsonargparse's YAML settings; libyaml's emitter where PyYAML has it
+            file.write(yaml.dump(data, Dumper=_Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False))
 
 
 _UNKNOWN = object()
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
