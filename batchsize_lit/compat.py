@@ -4,6 +4,7 @@ tests/test_compat.py checks each against the installed versions."""
 import csv
 import os
 import warnings
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -57,3 +58,25 @@ def save_last_checkpoint(callback: ModelCheckpoint, trainer: pl.Trainer) -> None
     saved_step = callback._last_global_step_saved
     callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
     callback._last_global_step_saved = saved_step
+
+
+CALLBACKS_FACTORY = "lightning.pytorch.callbacks_factory"
+
+
+def skip_absent_callback_factories() -> None:
+    """Every Trainer() asks importlib.metadata for the entry points of CALLBACKS_FACTORY, which reads the metadata
+    of every installed distribution: about 10 ms each time in an environment of a few hundred packages, and a study
+    builds a trainer per cell. Where the environment registers no factory, looked up once, the lookup is skipped
+    for the rest of the process. Reason: Lightning's callback connector calls the private _load_external_callbacks
+    of lightning.fabric.utilities.registry, imported under that name."""
+    from lightning.pytorch.trainer.connectors import callback_connector
+
+    load = callback_connector._load_external_callbacks
+    if getattr(load, "skips", None) == CALLBACKS_FACTORY or entry_points(group=CALLBACKS_FACTORY):
+        return
+
+    def load_others(group: str) -> list:
+        return [] if group == CALLBACKS_FACTORY else load(group)
+
+    load_others.skips = CALLBACKS_FACTORY  # type: ignore[attr-defined]
+    callback_connector._load_external_callbacks = load_others

@@ -81,3 +81,28 @@ def test_save_last_checkpoint_formats_versions_and_records_the_path(tmp_path):
         assert callback._last_global_step_saved == -1
         assert callback.last_model_path == str(tmp_path / expected)
         assert (tmp_path / expected).is_file()
+
+
+def test_skipping_absent_callback_factories_keeps_what_a_trainer_gets(monkeypatch):
+    import inspect
+
+    from lightning.pytorch.trainer.connectors import callback_connector
+
+    # Lightning still loads the factories through this name, with this group, at every Trainer()
+    assert f'_load_external_callbacks("{compat.CALLBACKS_FACTORY}")' in inspect.getsource(callback_connector)
+    before = [type(c) for c in Trainer(logger=False, enable_progress_bar=False).callbacks]
+    monkeypatch.setattr(callback_connector, "_load_external_callbacks", callback_connector._load_external_callbacks)
+    compat.skip_absent_callback_factories()
+    assert getattr(callback_connector._load_external_callbacks, "skips", None) == compat.CALLBACKS_FACTORY
+    assert [type(c) for c in Trainer(logger=False, enable_progress_bar=False).callbacks] == before
+    assert callback_connector._load_external_callbacks("another.group") == []  # other groups still looked up
+
+
+def test_a_registered_callback_factory_is_still_loaded(monkeypatch):
+    from lightning.pytorch.trainer.connectors import callback_connector
+
+    original = callback_connector._load_external_callbacks
+    monkeypatch.setattr(callback_connector, "_load_external_callbacks", original)
+    monkeypatch.setattr(compat, "entry_points", lambda group: ["a factory"])
+    compat.skip_absent_callback_factories()
+    assert callback_connector._load_external_callbacks is original

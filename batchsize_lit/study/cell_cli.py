@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from batchsize_lit.callbacks import ModelCheckpoint
 from batchsize_lit.cli import BatchSizeCLI
+from batchsize_lit.compat import skip_absent_callback_factories
 from batchsize_lit.disk import whole_file
 
 Defaults = tuple[type[LightningModule] | None, type[LightningDataModule] | None]
@@ -69,6 +70,7 @@ class CellCLI(BatchSizeCLI):
         self._sibling: dict[str, Any] | None = None
         self._derived: dict[str, str] = {}
         self._key: tuple = ()
+        skip_absent_callback_factories()  # a trainer per cell: 10 ms each to find no callback factory
         with warnings.catch_warnings():
             # LightningCLI warns when args are given while sys.argv holds others: here those are the study's own.
             warnings.filterwarnings("ignore", "LightningCLI's args parameter", UserWarning)
@@ -91,29 +93,30 @@ class CellCLI(BatchSizeCLI):
         key = (*self.default_classes.values(), *args)
         fixed, derived = _split(args)
         sibling_key = (*self.default_classes.values(), *fixed)
-        if key not in CellCLI.parsed and not self._derive(sibling_key, derived, key):
+        self._sibling, self._derived, self._key = CellCLI.siblings.get(sibling_key), derived, key
+        if key not in CellCLI.parsed and self._derive(derived):
+            return
+        if key not in CellCLI.parsed:
             super().parse_arguments(parser, args)
             CellCLI.parsed[key] = (copy.deepcopy(self.config), self._given)
             for flag, text in derived.items():
                 CellCLI.values[(flag, text)] = self.config[config_key(self.config, flag)]
-            CellCLI.siblings.setdefault(sibling_key, {"key": key, "derived": derived})
-        self._sibling, self._derived, self._key = CellCLI.siblings.get(sibling_key), derived, key
+            self._sibling = CellCLI.siblings.setdefault(sibling_key, {"key": key, "derived": derived})
         config, self._given = CellCLI.parsed[key]
         self.config = copy.deepcopy(config)  # instantiating a cell changes its config (the logger's version)
 
-    def _derive(self, sibling_key: tuple, derived: dict[str, str], key: tuple) -> bool:
+    def _derive(self, derived: dict[str, str]) -> bool:
         """This cell's config as its sibling's with the derived values set, where every value is known."""
-        sibling = CellCLI.siblings.get(sibling_key)
+        sibling = self._sibling
         if sibling is None or set(derived) != set(sibling["derived"]):
             return False
-        config, given = CellCLI.parsed[sibling["key"]]
         values = {flag: self._known(flag, text, sibling["derived"][flag]) for flag, text in derived.items()}
         if any(value is _UNKNOWN for value in values.values()):
             return False
-        config = copy.deepcopy(config)
+        config, self._given = CellCLI.parsed[sibling["key"]]
+        self.config = copy.deepcopy(config)
         for flag, value in values.items():
-            config[config_key(config, flag)] = value
-        CellCLI.parsed[key] = (config, given)
+            self.config[config_key(self.config, flag)] = value
         return True
 
     @staticmethod

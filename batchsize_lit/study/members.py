@@ -173,10 +173,10 @@ class Members:
     def _diverge(self, member: Member) -> None:
         member.running, member.status = False, "diverged"
 
-    def _validate(self, ks: list[int], epoch: int) -> None:
-        """The monitor of each validating member: the mean of loss(batch) over its validation batches, weighted by
-        their sizes (the model's own validation was checked to log just that, when the cohort was formed)."""
-        loaders = [self.members[k].cli.datamodule.val_dataloader() for k in ks]
+    def mean_losses(self, ks: list[int], stage: str) -> list[float]:
+        """Each member's mean of loss(batch) over its own ``stage`` batches (val or test), weighted by their sizes,
+        all members' batches in one vmap per batch."""
+        loaders = [getattr(self.members[k].cli.datamodule, f"{stage}_dataloader")() for k in ks]
         batches = [
             self.members[k].stream.run(lambda loader=loader: list(loader))
             for k, loader in zip(ks, loaders, strict=True)
@@ -189,9 +189,13 @@ class Members:
                 size = batch_samples(parts[0])
                 values = torch.func.vmap(self.stacked._loss)(params, buffers, stack_batches(list(parts))) * size
                 total, count = values if total is None else total + values, count + size
-        for i, k in enumerate(ks):
+        return [float(total[i] / count) for i in range(len(ks))]
+
+    def _validate(self, ks: list[int], epoch: int) -> None:
+        """The monitor of each validating member: the mean of loss(batch) over its validation batches (the model's
+        own validation was checked to log just that, when the cohort was formed)."""
+        for k, value in zip(ks, self.mean_losses(ks, "val"), strict=True):
             member = self.members[k]
-            value = float(total[i] / count)
             member.monitor_value, member.validated = value, epoch
             history = member.history
             member.log({f"by_epoch/{history.monitor}": value}, epoch + 1)
