@@ -1,5 +1,6 @@
 """`study`: a grid of fits, each parsed by the same LightningCLI, then a results table and plots."""
 
+import inspect
 import re
 import time
 from pathlib import Path
@@ -9,18 +10,11 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namesp
 
 from batchsize_lit.config_args import config_stem
 from batchsize_lit.errors import config_file_problem, config_with_keys, did_you_mean
+from batchsize_lit.study import executors
 from batchsize_lit.study.cohort import plan, run_unit
 from batchsize_lit.study.grid import SHORT_NAMES, cell_name, expand, fit_args, group_name
 from batchsize_lit.study.report import report
-from batchsize_lit.study.run import (
-    Defaults,
-    check_cells,
-    default_jobs,
-    finished,
-    quiet_lightning,
-    read_result,
-    run_cells,
-)
+from batchsize_lit.study.run import Defaults, check_cells, finished, quiet_lightning, read_result
 
 
 def run_study(
@@ -90,14 +84,11 @@ def run_study(
         if again:  # a result that failed, or that another config made
             print(f"{len(again)} cell(s) rerun, failed or run with another config before: {', '.join(again)}")
         units = plan(todo, values, cell_args, cohorts, cohort_size, defaults, executor) if todo else []
-        if todo and executor == "ray":
-            from batchsize_lit.study.ray_executor import run_cells_on_ray
-
-            run_cells_on_ray({cell: cell_args[cell] for cell in todo}, folder, defaults, Progress(len(todo)),
-                             ray_address, resources)  # fmt: skip
-        elif todo:
-            run_cells({cell: cell_args[cell] for cell in todo}, folder, min(jobs or default_jobs(), len(units)),
-                      defaults, Progress(len(todo)), units, run_unit)  # fmt: skip
+        if todo:
+            runner = executors.choose(executor, min(jobs or executors.default_jobs(), len(units)), run_unit,
+                                      ray_address, resources)  # fmt: skip
+            tasks = [{cell: cell_args[cell] for cell in unit} for unit in units]
+            executors.run_tasks(runner, tasks, folder, defaults, Progress(len(todo)))
         if trial_index is not None:
             return 0
     rows = [read_result(folder / cell) for cell in names]
@@ -191,19 +182,6 @@ def parse(argv: list[str]) -> Namespace:
 def run_command(argv: list[str], *defaults: Any) -> int:
     """``batchsize-lit study ...``: parse the study config and run it; returns the exit status."""
     config = parse(argv)
-    return run_study(
-        grid=config.grid,
-        base=config.base,
-        name=config.name or config_stem(config, "study"),
-        root=config.root,
-        trial_index=config.trial_index,
-        report_only=config.report_only,
-        redo=config.redo,
-        jobs=config.jobs,
-        executor=config.executor,
-        ray_address=config.ray_address,
-        resources=config.resources,
-        cohorts=config.cohorts,
-        cohort_size=config.cohort_size,
-        defaults=tuple(defaults),
-    )
+    settings = {key: config[key] for key in inspect.signature(run_study).parameters if key in config}
+    settings["name"] = config.name or config_stem(config, "study")
+    return run_study(**settings, defaults=tuple(defaults))

@@ -146,7 +146,9 @@ class CellCLI(BatchSizeCLI):
             for part in parents:
                 node = node[part]
             node[last] = config[config_key(config, flag)]
+        header = "".join(line for line in sibling["text"].splitlines(keepends=True) if line.startswith("#"))
         with whole_file(path) as file:  # jsonargparse's YAML settings; libyaml's emitter where PyYAML has it
+            file.write(header)  # the parser's dump header (the Lightning version), which a YAML load drops
             file.write(yaml.dump(data, Dumper=_Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False))
 
 

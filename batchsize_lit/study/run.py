@@ -1,32 +1,24 @@
 """Running a study's cells: each a fit parsed by the same LightningCLI, serially or in worker processes."""
 
-import gc
 import json
 import logging
-import multiprocessing
-import os
-import shutil
-import signal
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from batchsize_lit.callbacks import RunHistory
 from batchsize_lit.cli import BatchSizeCLI
 from batchsize_lit.disk import whole_file
-from batchsize_lit.errors import USER_ERRORS, BadInput, DiskFull, Diverged, WorkerDied, one_line
+from batchsize_lit.errors import USER_ERRORS, BadInput, DiskFull, Diverged, one_line
 from batchsize_lit.problem import reference_facts, run_report
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
-from batchsize_lit.signals import SIGTERM_STATUS, Terminated, is_sigterm, worker_sigterm
+from batchsize_lit.signals import Terminated, is_sigterm
 from batchsize_lit.study.cell_cli import FOLDER_FLAG, CellCLI, Defaults
 from batchsize_lit.trainer_info import batch_size, find_callback, global_batch_size, learning_rate, scalar_metrics
 from batchsize_lit.weight_averaging import added_epochs
@@ -60,130 +52,6 @@ def check_cells(cell_args: dict[str, list[str]], defaults: Defaults) -> None:
 def run_one(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> list[dict[str, Any]]:
     """Run a unit of one cell; returns its row, in a list as a cohort's runner returns its cells' rows."""
     return [run_cell(*next(iter(unit.items())), folder, defaults)["row"]]
-
-
-def run_cells(
-    cell_args: dict[str, list[str]],
-    folder: Path,
-    jobs: int,
-    defaults: Defaults,
-    on_row: Callable[[dict], None],
-    units: list[list[str]] | None = None,
-    run_unit: UnitRunner = run_one,
-) -> None:
-    """Run the cells, serially or in ``jobs`` worker processes, calling on_row with each result as it comes; with
-    ``units``, each unit (a cohort, or one cell) is one task of ``run_unit``.
-
-    Ctrl-C stops the study: a serial cell stops as a fit does, worker processes (which ignore Ctrl-C themselves)
-    are ended, and the finished cells are kept; the unfinished ones rerun from scratch next time.
-    """
-    for cell in cell_args:  # an unfinished folder from an interrupted run, or one to redo
-        shutil.rmtree(folder / cell, ignore_errors=True)
-    tasks = [{cell: cell_args[cell] for cell in unit} for unit in units or [[cell] for cell in cell_args]]
-    done = 0
-
-    def record(row: dict[str, Any]) -> None:
-        nonlocal done
-        done += 1
-        on_row(row)
-
-    try:
-        if jobs == 1:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # as in the workers: the same sums in the same order, whatever --jobs
-            try:
-                for task in tasks:
-                    for row in run_unit(task, folder, defaults):
-                        record(row)
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            _run_in_workers(tasks, folder, jobs, defaults, record, run_unit)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(
-            f"{done} of {len(cell_args)} cells finished, kept in {folder}; run the same command again to run the others"
-        ) from None
-    except Terminated:  # SIGTERM: the running cells were recorded as interrupted and rerun next time
-        raise Terminated(
-            f"stopped by SIGTERM: {done} of {len(cell_args)} cells finished, kept in {folder}; run the same command "
-            "again to run the others"
-        ) from None
-
-
-def _run_in_workers(
-    tasks: list[dict[str, list[str]]],
-    folder: Path,
-    jobs: int,
-    defaults: Defaults,
-    on_row: Callable[[dict], None],
-    run_unit: UnitRunner,
-) -> None:
-    """Each task (a cohort's cells, or one cell) in one of ``jobs`` worker processes."""
-    gpus = gpu_count()
-    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
-    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker, initargs=(gpus,)) as pool:
-        futures = [pool.submit(_worker_unit, run_unit, task, folder, defaults) for task in tasks]
-        try:
-            for future in as_completed(futures):  # each row as its cell finishes, whatever the grid order
-                for row in future.result():
-                    on_row(row)
-        except BaseException as error:  # Ctrl-C, a dead worker, bad input: no cell runs after it
-            pool.shutdown(wait=False, cancel_futures=True)
-            _stop_workers(graceful=isinstance(error, Terminated))
-            if isinstance(error, BrokenProcessPool):
-                raise WorkerDied(
-                    "a worker process died (killed, out of memory, or failed to start: see above); the finished cells"
-                    f" are kept in {folder}: run the same command again to run the others"
-                ) from None
-            raise
-
-
-def _stop_workers(graceful: bool) -> None:
-    """End the pool's processes, mid-cell. On SIGTERM each is sent it too and given time to record its cell as
-    interrupted (a fit stops at its next step); any still running after that is killed."""
-    workers = multiprocessing.active_children()
-    for worker in workers:
-        if graceful:
-            worker.terminate()  # SIGTERM
-        else:
-            worker.kill()
-    for worker in workers:
-        worker.join(timeout=60 if graceful else None)
-        if worker.is_alive():
-            worker.kill()
-            worker.join()
-
-
-def _worker_unit(
-    run_unit: UnitRunner, unit: dict[str, list[str]], folder: Path, defaults: Defaults
-) -> list[dict[str, Any]]:
-    """A unit (one cell or a cohort) in a worker process; a worker whose unit SIGTERM stopped ends, as the study
-    does, once its cells are recorded, rather than take the next unit from the queue."""
-    try:
-        return run_unit(unit, folder, defaults)
-    except Terminated:
-        sys.stderr.flush()
-        os._exit(SIGTERM_STATUS)
-
-
-def default_jobs() -> int:
-    """One worker per GPU where there are several, else one per two CPU cores (a tiny model runs best on one)."""
-    gpus = gpu_count()
-    return gpus if gpus > 1 else max(1, (os.cpu_count() or 1) // 2)
-
-
-def gpu_count() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _init_worker(gpus: int) -> None:
-    gc.freeze()  # what the worker imported lives as long as it does: out of every collection, as in __main__
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the study's own process, which ends the workers
-    signal.signal(signal.SIGTERM, worker_sigterm)  # between cells it ends the worker; in a fit, Lightning stops it
-    torch.set_num_threads(1)
-    if gpus > 1:  # pin each worker to its own GPU
-        worker = multiprocessing.current_process()._identity[0] - 1
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(worker % gpus)
 
 
 def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> dict[str, Any]:
