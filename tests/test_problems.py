@@ -56,15 +56,17 @@ def test_a_config_naming_an_old_class_path_instantiates_the_moved_class(workdir,
     ],
 )
 def test_a_checkpoint_recording_an_old_class_path_loads(tmp_path, path, init_args):
-    """LightningCLI records the class path in the checkpoint's hyperparameters; load_from_checkpoint imports it."""
-    cls = OLD_PATHS[path]
+    """LightningCLI records the class path in the checkpoint's hyperparameters, and load_from_checkpoint instantiates
+    it where its module is imported: as a script written before the move imports it, from the old path."""
+    module, name = path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
     model = cls(**init_args)
     hparams = {"_class_path": path, **model.hparams, "_instantiator": "lightning.pytorch.cli.instantiate_module"}
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": hparams,
                   "pytorch-lightning_version": lightning.__version__}  # fmt: skip
     torch.save(checkpoint, tmp_path / "old.ckpt")
     loaded = cls.load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True)
-    assert type(loaded) is cls and dict(loaded.hparams) == dict(model.hparams)
+    assert type(loaded) is OLD_PATHS[path] and dict(loaded.hparams) == dict(model.hparams)
     assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in model.state_dict().items())
 
 
@@ -98,8 +100,11 @@ def test_a_study_finds_the_report_columns_of_the_classes_it_names():
                            (None, None)) == ["weight", "bias"]  # fmt: skip
 
 
-def test_a_bundled_study_s_columns_are_those_of_the_committed_results(workdir):
-    """weight and bias come from the model's run report, yet stand where they always stood."""
+def test_a_bundled_study_s_columns_are_those_of_the_committed_results(workdir, capsys):
+    """weight and bias come from the model's run report, yet stand where they always stood: in results.csv and in
+    the printed table."""
     assert run("--config", str(write_study(workdir, {"data.batch_size": [8, 64]}))) == 0
     header = (workdir / "lightning_logs/tiny/results.csv").read_text().splitlines()[0]
     assert header == (ROOT / "docs/results/study_seed/results.csv").read_text().splitlines()[0]
+    table = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("cell "))
+    assert table.split()[-4:] == ["test_loss", "weight", "bias", "status"]

@@ -66,15 +66,15 @@ CRITICAL_COLUMNS = [
 
 
 def with_problem(columns: list[str], problem: list[str]) -> list[str]:
-    """The documented ``columns`` with the problem's named report columns after test_loss."""
+    """``columns`` with the problem's named report columns after test_loss, those that no documented column is."""
     at = columns.index(PROBLEM_AFTER) + 1
-    return [*columns[:at], *problem, *columns[at:]]
+    return [*columns[:at], *(column for column in problem if column not in COLUMNS), *columns[at:]]
 
 
 def columns_of(rows: list[dict[str, Any]], settings: list[str] = (), problem: list[str] = ()) -> list[str]:
     """The cell, the grid's own settings, the documented columns any row has (with the ``problem``'s named report
     columns), then the others in order of first appearance."""
-    documented = with_problem(COLUMNS, [column for column in problem if column not in COLUMNS])
+    documented = with_problem(COLUMNS, problem)
     present = {key for row in rows for key in row if key != "history"}
     first = ["cell", *settings]
     extra = [key for row in rows for key in row if key not in documented and key not in first and key != "history"]
@@ -121,14 +121,10 @@ def report(
     ``problem`` are the report columns the problem names in advance, shown after the losses."""
     from batchsize_lit.plots import plot_curves  # matplotlib only when a report is made
 
-    problem = [column for column in problem if column not in COLUMNS]
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(rows, folder / "results.csv", settings, problem)
     monitor = next((row["monitor"] for row in rows if row.get("monitor")), None)
-    shown = ["cell", *settings, *with_problem(SHOWN.split(), problem)[1:-1], *logged_metrics(rows), "status"]
-    if all(row.get("lr_effective") in (None, row.get("lr")) for row in rows):  # shown only where lr_scaling acted
-        shown.remove("lr_effective")
-    print(format_table(rows, [c for c in shown if any(row.get(c) is not None for row in rows)]))
+    print(format_table(rows, shown_columns(rows, settings, problem)))
     by_group: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_group.setdefault(groups.get(row["cell"], row["cell"]), []).append(row)
@@ -145,6 +141,15 @@ def report(
     for path in paths:
         print(f"plot: {path}")
     print(f"results: {folder / 'results.csv'}\ntensorboard --logdir {folder}")
+
+
+def shown_columns(rows: list[dict[str, Any]], settings: list[str] = (), problem: list[str] = ()) -> list[str]:
+    """The printed table's columns: SHOWN with the grid's settings and the problem's named report columns, then the
+    metrics the model logged; only those some row has, and lr_effective only where lr_scaling changed the rate."""
+    shown = ["cell", *settings, *with_problem(SHOWN.split(), problem)[1:-1], *logged_metrics(rows), "status"]
+    if all(row.get("lr_effective") in (None, row.get("lr")) for row in rows):
+        shown.remove("lr_effective")
+    return [column for column in dict.fromkeys(shown) if any(row.get(column) is not None for row in rows)]
 
 
 def logged_metrics(rows: list[dict[str, Any]]) -> list[str]:
