@@ -7,12 +7,8 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> type:
     # The bundled problem is imported on first use, so that importing the package does not import Lightning:
     # `python -m batchsize_lit` imports it in __main__, with garbage collection paused.
-    if name == "LinearRegressor":
-        from batchsize_lit.model import LinearRegressor
+    if name in ("LinearRegressor", "RegressionDataModule"):
+        from batchsize_lit.problems import regression
 
-        return LinearRegressor
-    if name == "RegressionDataModule":
-        from batchsize_lit.data import RegressionDataModule
-
-        return RegressionDataModule
+        return getattr(regression, name)
     raise AttributeError(f"module 'batchsize_lit' has no attribute {name!r}")

@@ -61,9 +61,8 @@ shown = show(starting_line(sys.argv[1:]))
 gc.disable()
 try:
     from batchsize_lit.cli import BatchSizeCLI
-    from batchsize_lit.data import RegressionDataModule
     from batchsize_lit.errors import run_or_exit
-    from batchsize_lit.model import LinearRegressor
+    from batchsize_lit.problems.regression import LinearRegressor, RegressionDataModule
 except KeyboardInterrupt:  # Ctrl-C while Lightning is imported: nothing has started
     clear(shown)
     sys.exit(130)
@@ -71,7 +70,8 @@ gc.freeze()
 gc.enable()
 clear(shown)
 
-# The problem a config that names no model or data runs: a fork puts its own classes here.
+# The default problem, which a config that names no model or data runs: the one place a fork names its own classes
+# (and the import above). Nothing else in the package imports batchsize_lit.problems.
 DEFAULT_MODEL, DEFAULT_DATA = LinearRegressor, RegressionDataModule
 
 

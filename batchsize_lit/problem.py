@@ -34,7 +34,12 @@ class ReferenceFacts(Protocol):
 
 @runtime_checkable
 class Reports(Protocol):
-    """Adds result columns and summary lines, given the run's reference facts."""
+    """Adds result columns and summary lines, given the run's reference facts.
+
+    A class may also name its columns in advance, in a class attribute ``report_columns`` (a tuple of names): a
+    study's results.csv and table then show them right after the losses, in that order; other columns follow the
+    documented ones.
+    """
 
     def run_report(self, facts: dict[str, float]) -> RunReport: ...
 
@@ -71,3 +76,8 @@ def run_report(facts: dict[str, float], *parts: Any) -> RunReport:
             report.columns.update(one.columns)
             report.lines.extend(one.lines)
     return report
+
+
+def report_columns(*classes: Any) -> list[str]:
+    """The run report columns that the classes (model or data module classes, or None) name in advance, in order."""
+    return list(dict.fromkeys(name for cls in classes for name in getattr(cls, "report_columns", ())))

@@ -6,10 +6,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from batchsize_lit.__main__ import DEFAULT_DATA, DEFAULT_MODEL
 from batchsize_lit.science import critical_batch
-from batchsize_lit.study.report import SHOWN, format_table, logged_metrics
+from batchsize_lit.study.report import format_table, problem_columns, shown_columns
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _value(text: str) -> Any:
@@ -60,11 +64,10 @@ def block(text: str) -> str:
 def study_table(study: str) -> str:
     """The table the study prints, as a code block."""
     found = rows(study)
-    shown = ["cell", *SHOWN.split()[1:-1], *logged_metrics(found), "status"]
-    if all(row.get("lr_effective") in (None, row.get("lr")) for row in found):
-        shown.remove("lr_effective")
+    config = yaml.safe_load((CONFIGS / f"{study}.yaml").read_text())
+    problem = problem_columns(config.get("base"), config["grid"], (DEFAULT_MODEL, DEFAULT_DATA))
     monitor = found[0]["monitor"]
-    table = format_table(found, [c for c in shown if any(row.get(c) is not None for row in found)])
+    table = format_table(found, shown_columns(found, problem=problem))
     return block(f"{table}\nmonitor_best is the best {monitor} of each run")
 
 

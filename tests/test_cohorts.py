@@ -161,8 +161,8 @@ def test_a_forks_cohort_with_plain_dataloaders_equals_its_serial_cells(workdir, 
         ({"trainer": {"accelerator": "cpu", "max_epochs": 2, "accumulate_grad_batches": 2}}, "accumulate_grad"),
         (
             {
-                "model": {"class_path": "batchsize_lit.digits.MLPClassifier"},
-                "data": {"class_path": "batchsize_lit.digits.DigitsDataModule"},
+                "model": {"class_path": "batchsize_lit.problems.digits.MLPClassifier"},
+                "data": {"class_path": "batchsize_lit.problems.digits.DigitsDataModule"},
                 "early_stopping": {"patience": 2},
             },
             "validation logs val_acc, val_loss, not just val_loss",

@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from batchsize_lit.digits import DigitsDataModule, MLPClassifier
+from batchsize_lit.problems.digits import DigitsDataModule, MLPClassifier
 
 from helpers import CONFIGS, QUIET
 
@@ -61,7 +61,7 @@ def test_loaders_shuffle_training_data_only() -> None:
         ({"batch_size": 1258}, "data.batch_size=1258 must be at most the training split size 1257"),
         ({"val_fraction": 1.0}, "data.val_fraction=1.0 must be in [0, 1)"),
         ({"test_fraction": -0.1}, "data.test_fraction=-0.1 must be in [0, 1)"),
-        ({"val_fraction": 0.5, "test_fraction": 0.5}, "data.val_fraction=0.5 plus data.test_fraction=0.5 must be < 1"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "data.val_fraction=0.5 plus test_fraction=0.5 must be < 1"),
         ({"num_workers": -1}, "data.num_workers=-1 must be >= 0"),
     ],
 )
@@ -147,7 +147,7 @@ def test_without_scikit_learn_the_digits_fail_in_one_line_naming_the_extra(tmp_p
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (
-        "error: data.class_path=batchsize_lit.digits.DigitsDataModule needs scikit-learn, not installed: "
+        "error: data.class_path=batchsize_lit.problems.digits.DigitsDataModule needs scikit-learn, not installed: "
         'pip install -e ".[digits]"'
     )
     assert "Traceback" not in result.stderr

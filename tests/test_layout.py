@@ -1,4 +1,4 @@
-"""The package's shape: no import cycle, and the generic core never names the bundled problem's classes."""
+"""The package's shape: no import cycle, the core apart from the bundled problems, and their old import paths."""
 
 import ast
 import re
@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "batchsize_lit"
-# The modules that define the bundled problem, or serve it as the default of the entry point.
-BUNDLED = {"__init__", "__main__", "data", "model"}
+# The modules that may import the bundled problems: the entry point, which names the default problem, the package's
+# lazy public names, and the old import paths kept for configs and forks (data.RegressionDataModule, model, digits).
+BUNDLED = {f"batchsize_lit{name}" for name in ("", ".__main__", ".data", ".model", ".digits")}
 
 
 def module_name(path: Path) -> str:
@@ -16,13 +17,23 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def package_imports() -> dict[str, set[str]]:
-    """Each module of the package and the package modules it imports, at top level or inside functions."""
+def lazy_attributes(tree: ast.Module) -> set[ast.AST]:
+    """The nodes of a module-level ``__getattr__``: the imports there run only when an attribute is asked for, after
+    every module involved has loaded (the package's public names, an old import path), so they make no cycle."""
+    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"]
+    return {inner for function in functions for inner in ast.walk(function)}
+
+
+def package_imports(lazy: bool = True) -> dict[str, set[str]]:
+    """Each module of the package and the package modules it imports, at top level or inside functions (with
+    ``lazy``, inside a module's ``__getattr__`` too)."""
     modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         targets = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        skipped = set() if lazy else lazy_attributes(tree)
+        for node in (node for node in ast.walk(tree) if node not in skipped):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("batchsize_lit"):
                 for alias in node.names:  # `from batchsize_lit.study import run` imports a module, or a name
                     full = f"{node.module}.{alias.name}"
@@ -50,7 +61,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycle():
-    graph = package_imports()
+    graph = package_imports(lazy=False)
     assert "batchsize_lit.study.run" in graph and "batchsize_lit.cli" in graph["batchsize_lit.study.run"]
     assert find_cycle(graph) is None, find_cycle(graph)
 
@@ -63,13 +74,28 @@ def test_plots_import_nothing_from_the_package():
     assert package_imports()["batchsize_lit.plots"] == set()
 
 
-def test_generic_modules_never_name_the_bundled_classes():
-    named = sorted(
-        module_name(path)
-        for path in PACKAGE.rglob("*.py")
-        if path.stem not in BUNDLED and re.search(r"LinearRegressor|RegressionDataModule", path.read_text())
+def core_modules() -> list[Path]:
+    """The package's modules outside problems/ and BUNDLED."""
+    problems = PACKAGE / "problems"
+    return [path for path in PACKAGE.rglob("*.py") if problems not in path.parents and module_name(path) not in BUNDLED]
+
+
+def test_the_core_never_names_the_bundled_classes():
+    pattern = r"LinearRegressor|RegressionDataModule|DigitsDataModule|MLPClassifier|CNNClassifier"
+    assert sorted(module_name(path) for path in core_modules() if re.search(pattern, path.read_text())) == []
+
+
+def test_no_core_module_imports_the_problems():
+    graph = package_imports()
+    importers = sorted(
+        name
+        for name, targets in graph.items()
+        if any(target.startswith("batchsize_lit.problems") for target in targets)
+        and not name.startswith("batchsize_lit.problems")
     )
-    assert named == []
+    assert set(importers) <= BUNDLED, importers
+    assert "batchsize_lit.__main__" in importers  # the default problem is named there, and the test sees it
+    assert all(module_name(path) in graph for path in core_modules())
 
 
 def test_importing_the_package_imports_no_lightning():
@@ -79,7 +105,7 @@ def test_importing_the_package_imports_no_lightning():
         "print(batchsize_lit.LinearRegressor.__module__, batchsize_lit.RegressionDataModule.__module__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "False", "batchsize_lit.model", "batchsize_lit.data"]
+    assert out == ["False", "False", "batchsize_lit.problems.regression", "batchsize_lit.problems.regression"]
 
 
 def test_the_entry_point_imports_lightning_with_garbage_collection_paused_then_frozen():

@@ -117,7 +117,7 @@ def test_two_batch_estimate_on_digits_is_within_15_percent_of_the_per_example_va
     replacement, EMA 0.999, against the exact per-example value over the training split."""
     from torch.func import grad, vmap
 
-    from batchsize_lit.digits import DigitsDataModule, MLPClassifier
+    from batchsize_lit.problems.digits import DigitsDataModule, MLPClassifier
     from batchsize_lit.science import per_example_noise_scale
 
     seed_everything(0)

@@ -13,7 +13,7 @@ from batchsize_lit.errors import config_file_problem, config_with_keys, did_you_
 from batchsize_lit.study import executors
 from batchsize_lit.study.cohort import plan, run_unit
 from batchsize_lit.study.grid import SHORT_NAMES, cell_name, expand, fit_args, group_name
-from batchsize_lit.study.report import report
+from batchsize_lit.study.report import problem_columns, report
 from batchsize_lit.study.run import Defaults, check_cells, finished, quiet_lightning, read_result
 
 
@@ -101,7 +101,8 @@ def run_study(
     # The grid's keys that no documented column holds (a fork's model.hidden) become columns of their own.
     settings = [key for key in grid if key not in SHORT_NAMES]
     rows = [{**{key: values[row["cell"]][key] for key in settings}, **row} for row in rows]
-    report(rows, folder, {name: group_name(cell, grid) for name, cell in values.items()}, settings)
+    groups = {name: group_name(cell, grid) for name, cell in values.items()}
+    report(rows, folder, groups, settings, problem_columns(base, grid, defaults))
     failed = [row["cell"] for row in rows if row["status"] == "failed"]
     if failed:
         print(f"{len(failed)} cell(s) failed: {', '.join(failed)}; see traceback.txt in their folders")

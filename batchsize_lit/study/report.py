@@ -1,16 +1,19 @@
 """A study's report: results.csv, the tables printed, mean ± sd over seeds, the plots and the critical batch size."""
 
 import csv
+import importlib
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
 from batchsize_lit.disk import whole_file
+from batchsize_lit.problem import report_columns
 from batchsize_lit.science import critical_batch_by_target
 
-# The documented columns, in this order; whatever else a cell recorded (the model's logged metrics, the problem's
-# reference facts and report columns) follows them.
+# The documented columns, in this order, with the columns the problem's run report names in advance (see
+# batchsize_lit.problem.Reports) after test_loss; whatever else a cell recorded (the model's logged metrics, the
+# problem's reference facts and other report columns) follows them.
 COLUMNS = [
     "cell",
     "batch_size",
@@ -28,8 +31,6 @@ COLUMNS = [
     "best_epoch",
     "val_loss",
     "test_loss",
-    "weight",
-    "bias",
     "noise_floor",
     "steps_to_target",
     "samples_to_target",
@@ -40,10 +41,8 @@ COLUMNS = [
     "seconds",
     "status",
 ]
-SHOWN = (
-    "cell batch_size max_epochs lr lr_effective seed epochs_run steps train_loss monitor_best test_loss weight bias"
-    " status"
-)
+PROBLEM_AFTER = "test_loss"  # the column after which the problem's named report columns go
+SHOWN = "cell batch_size max_epochs lr lr_effective seed epochs_run steps train_loss monitor_best test_loss status"
 # critical_batch.csv: per target, the fit and the noise scales measured at that target (median and quartiles).
 CRITICAL_COLUMNS = [
     "target",
@@ -66,35 +65,66 @@ CRITICAL_COLUMNS = [
 ]
 
 
-def columns_of(rows: list[dict[str, Any]], settings: list[str] = ()) -> list[str]:
-    """The cell, the grid's own settings, the documented columns any row has, then the others in order of first
-    appearance."""
+def with_problem(columns: list[str], problem: list[str]) -> list[str]:
+    """``columns`` with the problem's named report columns after test_loss, those that no documented column is."""
+    at = columns.index(PROBLEM_AFTER) + 1
+    return [*columns[:at], *(column for column in problem if column not in COLUMNS), *columns[at:]]
+
+
+def columns_of(rows: list[dict[str, Any]], settings: list[str] = (), problem: list[str] = ()) -> list[str]:
+    """The cell, the grid's own settings, the documented columns any row has (with the ``problem``'s named report
+    columns), then the others in order of first appearance."""
+    documented = with_problem(COLUMNS, problem)
     present = {key for row in rows for key in row if key != "history"}
     first = ["cell", *settings]
-    extra = [key for row in rows for key in row if key not in COLUMNS and key not in first and key != "history"]
-    return first + [column for column in COLUMNS[1:] if column in present] + list(dict.fromkeys(extra))
+    extra = [key for row in rows for key in row if key not in documented and key not in first and key != "history"]
+    return first + [column for column in documented[1:] if column in present] + list(dict.fromkeys(extra))
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path, settings: list[str] = ()) -> None:
+def write_csv(rows: list[dict[str, Any]], path: Path, settings: list[str] = (), problem: list[str] = ()) -> None:
     with whole_file(path, newline="") as file:  # whole or not at all; a full disk is one line naming it
-        writer = csv.DictWriter(file, columns_of(rows, settings), extrasaction="ignore")
+        writer = csv.DictWriter(file, columns_of(rows, settings, problem), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
 
-def report(rows: list[dict[str, Any]], folder: Path, groups: dict[str, str], settings: list[str] = ()) -> None:
+def problem_columns(base: dict[str, Any] | None, grid: dict[str, list[Any]], defaults: tuple[Any, ...]) -> list[str]:
+    """The report columns that a study's model and data classes name in advance: the default classes', and those
+    of the classes its base or grid names by a full class_path."""
+    named = []
+    for part in ("model", "data"):
+        named += [(base or {}).get(part), *grid.get(part, []), *grid.get(f"{part}.class_path", [])]
+    paths = [value.get("class_path") if isinstance(value, dict) else value for value in named]
+    return report_columns(*defaults, *(imported(path) for path in paths if isinstance(path, str)))
+
+
+def imported(path: str) -> Any:
+    """The object a full dotted path names, or None where it names none (a short class name, a typo: the cells
+    report those)."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None) if module else None
+    except Exception:  # whatever importing it raises, the cells meet it and say so in one line
+        return None
+
+
+def report(
+    rows: list[dict[str, Any]],
+    folder: Path,
+    groups: dict[str, str],
+    settings: list[str] = (),
+    problem: list[str] = (),
+) -> None:
     """results.csv, the table, mean ± sd over seeds, the plots and, where steps to target were recorded, the
     critical batch size per target (critical_batch.csv). ``groups`` maps each cell to its name without the seed;
-    ``settings`` are grid keys that no documented column holds (a fork's ``model.hidden``), shown after the cell."""
+    ``settings`` are grid keys that no documented column holds (a fork's ``model.hidden``), shown after the cell;
+    ``problem`` are the report columns the problem names in advance, shown after the losses."""
     from batchsize_lit.plots import plot_curves  # matplotlib only when a report is made
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, folder / "results.csv", settings)
+    write_csv(rows, folder / "results.csv", settings, problem)
     monitor = next((row["monitor"] for row in rows if row.get("monitor")), None)
-    shown = ["cell", *settings, *SHOWN.split()[1:-1], *logged_metrics(rows), "status"]
-    if all(row.get("lr_effective") in (None, row.get("lr")) for row in rows):  # shown only where lr_scaling acted
-        shown.remove("lr_effective")
-    print(format_table(rows, [c for c in shown if any(row.get(c) is not None for row in rows)]))
+    print(format_table(rows, shown_columns(rows, settings, problem)))
     by_group: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_group.setdefault(groups.get(row["cell"], row["cell"]), []).append(row)
@@ -111,6 +141,15 @@ def report(rows: list[dict[str, Any]], folder: Path, groups: dict[str, str], set
     for path in paths:
         print(f"plot: {path}")
     print(f"results: {folder / 'results.csv'}\ntensorboard --logdir {folder}")
+
+
+def shown_columns(rows: list[dict[str, Any]], settings: list[str] = (), problem: list[str] = ()) -> list[str]:
+    """The printed table's columns: SHOWN with the grid's settings and the problem's named report columns, then the
+    metrics the model logged; only those some row has, and lr_effective only where lr_scaling changed the rate."""
+    shown = ["cell", *settings, *with_problem(SHOWN.split(), problem)[1:-1], *logged_metrics(rows), "status"]
+    if all(row.get("lr_effective") in (None, row.get("lr")) for row in rows):
+        shown.remove("lr_effective")
+    return [column for column in dict.fromkeys(shown) if any(row.get(column) is not None for row in rows)]
 
 
 def logged_metrics(rows: list[dict[str, Any]]) -> list[str]:
