@@ -109,12 +109,8 @@ def _chart(folder: Path, name: str, y: str, axes: list[str], panels: list, floor
         panel.grid(True, which="both", alpha=0.3)
         panel.legend(fontsize="x-small")
     seeds = "\nmean over seeds, band from the lowest to the highest seed" if banded else ""
-    figure.suptitle(f"{folder.name}: {y} by {' and by '.join(AXES[x] for x in axes)}{seeds}", fontsize="medium")
-    figure.tight_layout()
-    path = folder / f"{name}.png"
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    title = f"{folder.name}: {y} by {' and by '.join(AXES[x] for x in axes)}{seeds}"
+    return _save(figure, folder / f"{name}.png", title, fontsize="medium")
 
 
 def plot_critical_batch(critical: dict[str, Any], folder: Path) -> Path:
@@ -148,12 +144,8 @@ def plot_critical_batch(critical: dict[str, Any], folder: Path) -> Path:
         panel.legend(fontsize="small")
     target = critical.get("target")
     at = f" {target:.4g}" if isinstance(target, float) else ""
-    figure.suptitle(f"{folder.name}: steps and samples to the validation target{at}")
-    figure.tight_layout()
-    path = folder / "steps_to_target.png"
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    title = f"{folder.name}: steps and samples to the validation target{at}"
+    return _save(figure, folder / "steps_to_target.png", title)
 
 
 def plot_critical_by_target(criticals: list[dict[str, Any]], folder: Path, monitor: str | None) -> Path:
@@ -177,9 +169,14 @@ def plot_critical_by_target(criticals: list[dict[str, Any]], folder: Path, monit
     panel.set_ylabel("batch size")
     panel.grid(True, which="both", alpha=0.3)
     panel.legend(fontsize="small")
-    figure.suptitle(f"{folder.name}: critical batch and noise scales against the target")
+    title = f"{folder.name}: critical batch and noise scales against the target"
+    return _save(figure, folder / "critical_batch_by_target.png", title)
+
+
+def _save(figure: Any, path: Path, *title: Any, **title_settings: Any) -> Path:
+    """Title the figure, lay it out, write it as a PNG and free it."""
+    figure.suptitle(*title, **title_settings)
     figure.tight_layout()
-    path = folder / "critical_batch_by_target.png"
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
