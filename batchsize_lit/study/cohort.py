@@ -1,6 +1,5 @@
 """Cohorts: a study's cells that differ only in seed and learning rate, trained together as one vectorized fit."""
 
-import sys
 import time
 import traceback
 import warnings
@@ -25,6 +24,7 @@ from batchsize_lit.study.run import (
     Defaults,
     _has_test_data,
     quiet_lightning,
+    record_failure,
     result_row,
     run_one,
     write_result,
@@ -211,12 +211,10 @@ def run_cohort(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> 
             if member.running:
                 member.status = "interrupted"
     except Exception as error:  # the cohort's cells are recorded failed, as a cell's own fault is
-        text = traceback.format_exc()
-        print(f"cohort of {', '.join(unit)} failed: {one_line(error)}", file=sys.stderr)
+        text, cohort = traceback.format_exc(), f"cohort of {', '.join(unit)}"
         for member in members:
             member.status = "failed"
-            (folder / member.name).mkdir(parents=True, exist_ok=True)
-            (folder / member.name / "traceback.txt").write_text(text)
+            record_failure(folder / member.name, text, one_line(error) if member is members[0] else None, cohort)
     tested = _tests(members, bookkeeping, stacked) if trainer is not None else None
     seconds = (time.perf_counter() - started) / len(members)
     rows = [

@@ -85,9 +85,7 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
         raise ValueError(f"cell {cell}: {one_line(error)}") from None
     except Exception as error:  # one broken cell must not end a long study; it is reported as failed
         status = "failed"
-        (folder / cell).mkdir(parents=True, exist_ok=True)
-        (folder / cell / "traceback.txt").write_text(traceback.format_exc())
-        print(f"cell {cell} failed: {one_line(error)} (traceback: {folder / cell / 'traceback.txt'})", file=sys.stderr)
+        record_failure(folder / cell, traceback.format_exc(), one_line(error))
     row = result_row(cli, cell, status, time.perf_counter() - started, metrics)
     history = find_callback(cli.trainer, RunHistory)
     result = {"row": row, "history": history.history if history else [], "args": args}
@@ -101,6 +99,16 @@ def run_cell(cell: str, args: list[str], folder: Path, defaults: Defaults) -> di
 
 def _has_test_data(cli: BatchSizeCLI) -> bool:
     return any(is_overridden("test_dataloader", part) for part in (cli.datamodule, cli.model) if part is not None)
+
+
+def record_failure(cell_folder: Path, text: str, reason: str | None, name: str | None = None) -> None:
+    """A failed cell's traceback.txt, and, with a reason, one line on stderr naming the cell (or its cohort), the
+    reason and the file; the study goes on with the next cell."""
+    cell_folder.mkdir(parents=True, exist_ok=True)
+    (cell_folder / "traceback.txt").write_text(text)
+    if reason is not None:
+        where = f"traceback: {cell_folder / 'traceback.txt'}"
+        print(f"{name or f'cell {cell_folder.name}'} failed: {reason} ({where})", file=sys.stderr)
 
 
 def write_result(cell_folder: Path, result: dict[str, Any]) -> None:
