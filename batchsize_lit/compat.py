@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -57,3 +58,11 @@ def save_last_checkpoint(callback: ModelCheckpoint, trainer: pl.Trainer) -> None
     saved_step = callback._last_global_step_saved
     callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
     callback._last_global_step_saved = saved_step
+
+
+def keep_hpc_checkpoints_in(trainer_config: Namespace, folder: Path) -> None:
+    """Point Lightning's SLURM requeue checkpoints at a run's own folder. Reason: its SIGUSR1 handler saves
+    hpc_ckpt_N.ckpt in Trainer.default_root_dir (the working folder by default), and any later fit on SLURM with no
+    ckpt_path restores the highest N found there (_CheckpointConnector.hpc_save_path, _hpc_resume_path): in the
+    working folder, every run and study cell started there would restore another run's weights."""
+    trainer_config.default_root_dir = str(folder)

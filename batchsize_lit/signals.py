@@ -12,12 +12,15 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from batchsize_lit.requeue import slurm_job
+
 # The exit status of a process ended by SIGTERM (128 + 15): what schedulers and shells count as "terminated".
 SIGTERM_STATUS = 128 + signal.SIGTERM
 
-# Lightning logs "[rank: 0] Received SIGTERM: 15" as the signal arrives; the one line printed on stopping says more.
+# Lightning logs "[rank: 0] Received SIGTERM: 15" as the signal arrives (and, under SLURM's auto-requeue, "Bypassing
+# SIGTERM: 15"); the one line printed on stopping says more.
 logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(
-    lambda record: "Received SIGTERM" not in str(record.msg)
+    lambda record: not any(text in str(record.msg) for text in ("Received SIGTERM", "Bypassing SIGTERM"))
 )
 
 
@@ -43,7 +46,10 @@ def stopped_line(trainer: "pl.Trainer", path: str | None) -> str:
     where = f"in epoch {trainer.current_epoch + 1} at step {trainer.global_step}"
     if path is None:
         return f"Stopped by SIGTERM {where}: no checkpoint was written, nothing to resume from"
-    return f"Stopped by SIGTERM {where}: {path} holds step {trainer.global_step}; resume with --ckpt_path last"
+    job = slurm_job()  # a requeued job reruns its script: the same command finds this run (see requeue.py)
+    requeued = f" (the same command in SLURM job {job}, requeued, resumes it too)" if job else ""
+    resume = f"resume with --ckpt_path last{requeued}"
+    return f"Stopped by SIGTERM {where}: {path} holds step {trainer.global_step}; {resume}"
 
 
 def is_sigterm(exception: BaseException) -> bool:

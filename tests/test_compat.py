@@ -81,3 +81,47 @@ def test_save_last_checkpoint_formats_versions_and_records_the_path(tmp_path):
         assert callback._last_global_step_saved == -1
         assert callback.last_model_path == str(tmp_path / expected)
         assert (tmp_path / expected).is_file()
+
+
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
+def test_lightning_s_slurm_requeue_saves_and_restores_in_default_root_dir(tmp_path, monkeypatch):
+    """The reason for keep_hpc_checkpoints_in: on SLURM, Lightning's SIGUSR1 handler saves hpc_ckpt_1.ckpt in the
+    trainer's default_root_dir and calls `scontrol requeue <job>`, and the fit goes on (SLURM's SIGTERM ends it); a
+    later fit with no ckpt_path restores the newest hpc checkpoint found in its default_root_dir."""
+    import os
+    import signal
+
+    from jsonargparse import Namespace
+    from lightning.pytorch import Callback
+
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "fit", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+
+    class Warn(Callback):  # SLURM's signal before the time limit, at step 2
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    started = []
+
+    class Start(Callback):
+        def on_train_start(self, trainer, *args) -> None:
+            started.append(trainer.global_step)
+
+    config = Namespace(default_root_dir=None)
+    compat.keep_hpc_checkpoints_in(config, tmp_path / "run")
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    quiet |= {"enable_model_summary": False, "limit_val_batches": 0}
+    trainer = Trainer(default_root_dir=config.default_root_dir, max_steps=4, callbacks=[Warn()], **quiet)
+    trainer.fit(BoringModel())
+    assert trainer.global_step == 4  # Lightning's handler does not stop the fit
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.ckpt")) == ["hpc_ckpt_1.ckpt"]
+    Trainer(default_root_dir=tmp_path / "run", max_steps=6, callbacks=[Start()], **quiet).fit(BoringModel())
+    assert started == [2]  # restored from it, with no ckpt_path given
