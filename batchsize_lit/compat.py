@@ -3,6 +3,7 @@ tests/test_compat.py checks each against the installed versions."""
 
 import csv
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -66,3 +67,18 @@ def keep_hpc_checkpoints_in(trainer_config: Namespace, folder: Path) -> None:
     ckpt_path restores the highest N found there (_CheckpointConnector.hpc_save_path, _hpc_resume_path): in the
     working folder, every run and study cell started there would restore another run's weights."""
     trainer_config.default_root_dir = str(folder)
+
+
+def event_writer_file(thread: threading.Thread) -> str | None:
+    """The event file a TensorBoard writer thread writes, or None for any other thread. Reason: tensorboard writes
+    each event file on a thread of its own (_AsyncWriterThread), which holds the file (RecordWriter._writer, a
+    GFile) in private attributes only."""
+    writer = getattr(getattr(thread, "_record_writer", None), "_writer", None)
+    path = getattr(writer, "filename", None)
+    return os.fsdecode(path) if path is not None and hasattr(thread, "exception") else None
+
+
+def set_event_writer_error(thread: threading.Thread, error: BaseException) -> None:
+    """Replace the error a dead TensorBoard writer thread left behind. Reason: tensorboard keeps it in the thread's
+    ``exception`` attribute and raises that object in the main thread at the next write, flush or close."""
+    thread.exception = error  # type: ignore[attr-defined]

@@ -125,3 +125,23 @@ def test_lightning_s_slurm_requeue_saves_and_restores_in_default_root_dir(tmp_pa
     assert sorted(p.name for p in (tmp_path / "run").glob("*.ckpt")) == ["hpc_ckpt_1.ckpt"]
     Trainer(default_root_dir=tmp_path / "run", max_steps=6, callbacks=[Start()], **quiet).fit(BoringModel())
     assert started == [2]  # restored from it, with no ckpt_path given
+
+
+def test_a_tensorboard_writer_thread_names_its_file_and_raises_the_error_it_holds(tmp_path):
+    """What the full-disk handling of event files relies on: tensorboard's writer thread holds its file and the
+    error it died of, and the main thread raises that very error at its next write or flush."""
+    import threading
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from batchsize_lit.errors import DiskFull
+
+    writer = SummaryWriter(tmp_path)
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    (thread,) = [t for t in threading.enumerate() if compat.event_writer_file(t) == str(events)]
+    assert compat.event_writer_file(threading.main_thread()) is None
+    compat.set_event_writer_error(thread, DiskFull("full"))
+    with pytest.raises(DiskFull, match="full"):
+        writer.add_scalar("loss", 1.0, 0)
+    compat.set_event_writer_error(thread, None)
+    writer.close()
