@@ -1,5 +1,5 @@
-"""Every reliance on a private name or undocumented behaviour of Lightning or jsonargparse, one small function each;
-tests/test_compat.py checks each against the installed versions."""
+"""Every reliance on a private name or undocumented behaviour of Lightning, jsonargparse or tensorboard, one small
+function each; tests/test_compat.py checks each against the installed versions."""
 
 import csv
 import os

@@ -69,6 +69,22 @@ class SigtermWatch:
         if signal.getsignal(signal.SIGTERM) == self.handle:  # not called by Lightning's handler: no fit is running
             raise Terminated()
 
+    def note(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def note_only(self) -> Any:
+        """From now on (in the main thread) SIGTERM is only noted in ``received``, for a loop that polls it; returns
+        the handler to give back to restore(). For a wait in native code, which an exception out of a handler
+        breaks (Ray's wait returns a SystemError), and after ray.init, whose own handler aborts the process."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGTERM, self.note)
+
+    def restore(self, previous: Any) -> None:
+        """Put back the SIGTERM handler note_only() replaced."""
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
     @contextmanager
     def installed(self) -> Iterator["SigtermWatch"]:
         """This handler for SIGTERM while the block runs (in the main thread); the previous one after it."""
