@@ -23,7 +23,7 @@ def slurm_job() -> str | None:
     """The SLURM job this process runs in, named as ``scontrol requeue`` names it (``<array job>_<task>`` for an
     array task); None outside a batch job, by Lightning's own test (SLURM_NTASKS set, a job name other than bash or
     interactive), which is also what turns its SLURM environment and requeue handler on."""
-    if not SLURMEnvironment.detect():
+    if "SLURM_NTASKS" not in os.environ or not SLURMEnvironment.detect():  # the first test: no srun warning
         return None
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
     if array is not None:
