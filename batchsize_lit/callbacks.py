@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from batchsize_lit import compat
-from batchsize_lit.disk import saving
+from batchsize_lit.disk import saving, torch_save
 from batchsize_lit.errors import BadInput, Diverged, did_you_mean
 from batchsize_lit.outputs import accumulation_scale, batch_samples, logged_train_loss, step_loss
 from batchsize_lit.problem import reference_facts, run_report
@@ -581,7 +581,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self._saves += 1
         temporary = f"{path}.tmp{os.getpid()}-{self._saves}"  # one per save: the previous may still be pending
         try:
-            saving(path, lambda: torch.save(checkpoint, temporary))  # a full disk: DiskFull, naming the checkpoint
+            saving(path, lambda: torch_save(checkpoint, temporary))  # a full disk: DiskFull, naming the checkpoint
         except BaseException:
             _remove(temporary)
             raise

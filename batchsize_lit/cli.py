@@ -20,7 +20,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from batchsize_lit import runs
+from batchsize_lit import compat, requeue, runs
 from batchsize_lit.callbacks import (
     AtomicCheckpointIO,
     DivergenceCheck,
@@ -126,6 +126,7 @@ class BatchSizeCLI(LightningCLI):
         self.log_dir: str | None = None
         self._claimed: Path | None = None
         self._given: set[str] = set()
+        self._argv: list[str] = []  # the command line: a requeued SLURM job continues the run the same one started
         self._as_given: dict[str, Any] = {}  # the run-folder keys of the config, as given: see _place_run
         kwargs.setdefault("model_class", LightningModule)
         kwargs.setdefault("datamodule_class", LightningDataModule)
@@ -198,6 +199,7 @@ class BatchSizeCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) or self.config
         given = self._given = given_keys(argv or [])
+        self._argv = argv or []
         for key, default_class in self.default_classes.items():
             if default_class is not None and config.get(key) is not None:
                 drop_inherited_defaults(config[key], default_class, {k[len(key) + 1 :] for k in given})
@@ -277,6 +279,9 @@ class BatchSizeCLI(LightningCLI):
                   "last uses the newest run's checkpoints", file=sys.stderr)  # fmt: skip
         parent = runs.runs_parent(config, stem)
         self._runs_parent = parent or Path(runs.LOG_ROOT, stem)
+        requeued = None  # the same command in a requeued SLURM job: its own run, from its last.ckpt
+        if self.subcommand == "fit" and ckpt_path is None and not runs.version_given(config):
+            requeued = config.ckpt_path = ckpt_path = requeue.requeued_checkpoint(parent, self._argv)
         newest = ckpt_path == "last" or (ckpt_path == "best" and self.subcommand != "fit")
         if newest:  # a new process has no last or best checkpoint of its own: those of the newest run
             first = runs.logger_specs(config.trainer.logger)[:1]
@@ -288,11 +293,14 @@ class BatchSizeCLI(LightningCLI):
             runs.warn_config_drift(self._run, lambda: self.parser_of(self.subcommand).dump(config, skip_unset=False))
         if self.subcommand == "predict":  # it logs nothing: no empty event file in a run folder, no new folder
             config.trainer.logger = False
-        elif self._run is not None and (self.subcommand != "fit" or newest):  # evaluate, or resume, in its run
+        elif self._run is not None and (self.subcommand != "fit" or newest or requeued):  # evaluate, resume: in its run
             runs.place_run(config, self._run, parent)
         elif self.subcommand == "fit" and not runs.version_given(config) and rank_zero_only.rank == 0:
             self._claimed = runs.claim_run(parent)
             runs.place_run(config, self._claimed, parent)
+            requeue.mark(self._claimed, self._argv)
+        if requeue.slurm_job() and not config.trainer.get("default_root_dir") and runs.fixed_run_folder(config):
+            compat.keep_hpc_checkpoints_in(config.trainer, runs.fixed_run_folder(config))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self._notices.hold("lightning.pytorch.utilities.rank_zero")

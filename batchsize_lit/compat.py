@@ -1,13 +1,15 @@
-"""Every reliance on a private name or undocumented behaviour of Lightning or jsonargparse, one small function each;
-tests/test_compat.py checks each against the installed versions."""
+"""Every reliance on a private name or undocumented behaviour of Lightning, jsonargparse or tensorboard, one small
+function each; tests/test_compat.py checks each against the installed versions."""
 
 import csv
 import os
+import threading
 import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import lightning.pytorch as pl
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -80,3 +82,26 @@ def skip_absent_callback_factories() -> None:
 
     load_others.skips = CALLBACKS_FACTORY  # type: ignore[attr-defined]
     callback_connector._load_external_callbacks = load_others
+
+
+def keep_hpc_checkpoints_in(trainer_config: Namespace, folder: Path) -> None:
+    """Point Lightning's SLURM requeue checkpoints at a run's own folder. Reason: its SIGUSR1 handler saves
+    hpc_ckpt_N.ckpt in Trainer.default_root_dir (the working folder by default), and any later fit on SLURM with no
+    ckpt_path restores the highest N found there (_CheckpointConnector.hpc_save_path, _hpc_resume_path): in the
+    working folder, every run and study cell started there would restore another run's weights."""
+    trainer_config.default_root_dir = str(folder)
+
+
+def event_writer_file(thread: threading.Thread) -> str | None:
+    """The event file a TensorBoard writer thread writes, or None for any other thread. Reason: tensorboard writes
+    each event file on a thread of its own (_AsyncWriterThread), which holds the file (RecordWriter._writer, a
+    GFile) in private attributes only."""
+    writer = getattr(getattr(thread, "_record_writer", None), "_writer", None)
+    path = getattr(writer, "filename", None)
+    return os.fsdecode(path) if path is not None and hasattr(thread, "exception") else None
+
+
+def set_event_writer_error(thread: threading.Thread, error: BaseException) -> None:
+    """Replace the error a dead TensorBoard writer thread left behind. Reason: tensorboard keeps it in the thread's
+    ``exception`` attribute and raises that object in the main thread at the next write, flush or close."""
+    thread.exception = error  # type: ignore[attr-defined]

@@ -2,11 +2,15 @@
 
 import errno
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+
+from batchsize_lit import compat
 from batchsize_lit.errors import DiskFull
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -41,3 +45,26 @@ def saving(path: str | os.PathLike, write: Callable[[], None]) -> None:
         if error.errno in FULL:
             raise disk_full(error, path) from None
         raise
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save through a Python file: a full disk is then an OSError (ENOSPC), which saving() names; torch's own
+    file writer reports it as a RuntimeError ("unexpected pos"), measured on a full tmpfs."""
+    with open(path, "wb") as file:
+        torch.save(obj, file)
+
+
+def _event_writer_died(args: threading.ExceptHookArgs) -> None:
+    """A TensorBoard event file's writer thread that found the disk full: tensorboard raises its error again in the
+    main thread at the logger's next write or flush (Lightning's teardown flushes too), so the fit stops there;
+    here that error becomes DiskFull, naming the event file, and the thread's own traceback is not printed."""
+    error = args.exc_value
+    path = compat.event_writer_file(args.thread) if isinstance(error, OSError) and error.errno in FULL else None
+    if path is None:
+        _previous_hook(args)
+        return
+    compat.set_event_writer_error(args.thread, disk_full(error, path))
+
+
+_previous_hook = threading.excepthook
+threading.excepthook = _event_writer_died

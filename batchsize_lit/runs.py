@@ -254,3 +254,13 @@ def _readable(path: Path) -> bool:
         return True
     except Exception:
         return False
+
+
+def fixed_run_folder(config: Namespace) -> Path | None:
+    """The run folder a config fixes: the first logger's <save_dir>/<name>/<version> once its version is set (a fit's
+    after place_run, a study cell's); None for a logger that numbers no folders, or none."""
+    specs = logger_specs(config.trainer.logger)
+    if not specs or not is_folder_logger(specs[0]) or specs[0].init_args.get("version") is None:
+        return None
+    init = specs[0].init_args
+    return Path(init.save_dir, init.name or "", str(init.version))

@@ -12,12 +12,15 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from batchsize_lit.requeue import slurm_job
+
 # The exit status of a process ended by SIGTERM (128 + 15): what schedulers and shells count as "terminated".
 SIGTERM_STATUS = 128 + signal.SIGTERM
 
-# Lightning logs "[rank: 0] Received SIGTERM: 15" as the signal arrives; the one line printed on stopping says more.
+# Lightning logs "[rank: 0] Received SIGTERM: 15" as the signal arrives (and, under SLURM's auto-requeue, "Bypassing
+# SIGTERM: 15"); the one line printed on stopping says more.
 logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(
-    lambda record: "Received SIGTERM" not in str(record.msg)
+    lambda record: not any(text in str(record.msg) for text in ("Received SIGTERM", "Bypassing SIGTERM"))
 )
 
 
@@ -43,7 +46,10 @@ def stopped_line(trainer: "pl.Trainer", path: str | None) -> str:
     where = f"in epoch {trainer.current_epoch + 1} at step {trainer.global_step}"
     if path is None:
         return f"Stopped by SIGTERM {where}: no checkpoint was written, nothing to resume from"
-    return f"Stopped by SIGTERM {where}: {path} holds step {trainer.global_step}; resume with --ckpt_path last"
+    job = slurm_job()  # a requeued job reruns its script: the same command finds this run (see requeue.py)
+    requeued = f" (the same command in SLURM job {job}, requeued, resumes it too)" if job else ""
+    resume = f"resume with --ckpt_path last{requeued}"
+    return f"Stopped by SIGTERM {where}: {path} holds step {trainer.global_step}; {resume}"
 
 
 def is_sigterm(exception: BaseException) -> bool:
@@ -62,6 +68,22 @@ class SigtermWatch:
         self.received = True
         if signal.getsignal(signal.SIGTERM) == self.handle:  # not called by Lightning's handler: no fit is running
             raise Terminated()
+
+    def note(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def note_only(self) -> Any:
+        """From now on (in the main thread) SIGTERM is only noted in ``received``, for a loop that polls it; returns
+        the handler to give back to restore(). For a wait in native code, which an exception out of a handler
+        breaks (Ray's wait returns a SystemError), and after ray.init, whose own handler aborts the process."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGTERM, self.note)
+
+    def restore(self, previous: Any) -> None:
+        """Put back the SIGTERM handler note_only() replaced."""
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
     @contextmanager
     def installed(self) -> Iterator["SigtermWatch"]:

@@ -106,3 +106,67 @@ def test_a_registered_callback_factory_is_still_loaded(monkeypatch):
     monkeypatch.setattr(compat, "entry_points", lambda group: ["a factory"])
     compat.skip_absent_callback_factories()
     assert callback_connector._load_external_callbacks is original
+
+
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
+def test_lightning_s_slurm_requeue_saves_and_restores_in_default_root_dir(tmp_path, monkeypatch):
+    """The reason for keep_hpc_checkpoints_in: on SLURM, Lightning's SIGUSR1 handler saves hpc_ckpt_1.ckpt in the
+    trainer's default_root_dir and calls `scontrol requeue <job>`, and the fit goes on (SLURM's SIGTERM ends it); a
+    later fit with no ckpt_path restores the newest hpc checkpoint found in its default_root_dir."""
+    import os
+    import signal
+
+    from jsonargparse import Namespace
+    from lightning.pytorch import Callback
+
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "fit", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+
+    class Warn(Callback):  # SLURM's signal before the time limit, at step 2
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    started = []
+
+    class Start(Callback):
+        def on_train_start(self, trainer, *args) -> None:
+            started.append(trainer.global_step)
+
+    config = Namespace(default_root_dir=None)
+    compat.keep_hpc_checkpoints_in(config, tmp_path / "run")
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    quiet |= {"enable_model_summary": False, "limit_val_batches": 0}
+    trainer = Trainer(default_root_dir=config.default_root_dir, max_steps=4, callbacks=[Warn()], **quiet)
+    trainer.fit(BoringModel())
+    assert trainer.global_step == 4  # Lightning's handler does not stop the fit
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.ckpt")) == ["hpc_ckpt_1.ckpt"]
+    Trainer(default_root_dir=tmp_path / "run", max_steps=6, callbacks=[Start()], **quiet).fit(BoringModel())
+    assert started == [2]  # restored from it, with no ckpt_path given
+
+
+def test_a_tensorboard_writer_thread_names_its_file_and_raises_the_error_it_holds(tmp_path):
+    """What the full-disk handling of event files relies on: tensorboard's writer thread holds its file and the
+    error it died of, and the main thread raises that very error at its next write or flush."""
+    import threading
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from batchsize_lit.errors import DiskFull
+
+    writer = SummaryWriter(tmp_path)
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    (thread,) = [t for t in threading.enumerate() if compat.event_writer_file(t) == str(events)]
+    assert compat.event_writer_file(threading.main_thread()) is None
+    compat.set_event_writer_error(thread, DiskFull("full"))
+    with pytest.raises(DiskFull, match="full"):
+        writer.add_scalar("loss", 1.0, 0)
+    compat.set_event_writer_error(thread, None)
+    writer.close()

@@ -94,12 +94,16 @@ def test_sigterm_before_training_exits_143_and_leaves_no_run_folder(tmp_path):
     assert "Traceback" not in stderr and not (tmp_path / "lightning_logs").exists(), stderr
 
 
+def executor(jobs: str) -> list[str]:
+    return ["--executor", "ray"] if jobs == "ray" else ["--jobs", jobs]
+
+
 def start_study(config: Path, jobs: str, cwd: Path) -> subprocess.Popen:
-    return start(["study", "--config", str(config), "--jobs", jobs], cwd)
+    return start(["study", "--config", str(config), *executor(jobs)], cwd)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("jobs", ["1", "2", "ray"])
 def test_sigterm_stops_a_study_and_the_same_command_finishes_it(tmp_path, jobs):
     base = {"trainer": {"accelerator": "cpu", "max_epochs": 3, "log_every_n_steps": 500}}
     base |= {"data": {"n_samples": 20000}, "early_stopping": {"patience": None}}
@@ -121,9 +125,9 @@ def test_sigterm_stops_a_study_and_the_same_command_finishes_it(tmp_path, jobs):
     statuses = {p.parent.name: read_status(p) for p in folder.glob("*/result.json")}
     assert "interrupted" in statuses.values() and not (folder / "results.csv").exists(), statuses
 
-    again = run_cli("study", "--config", str(config), "--jobs", jobs, cwd=tmp_path)
+    again = run_cli("study", "--config", str(config), *executor(jobs), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    fresh = run_cli("study", "--config", str(config), "--jobs", jobs, cwd=clean)
+    fresh = run_cli("study", "--config", str(config), *executor(jobs), cwd=clean)
     assert fresh.returncode == 0, fresh.stderr
     rows, clean_rows = (read_csv(root / "lightning_logs/tiny/results.csv") for root in (tmp_path, clean))
     drop = ("seconds",)

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from batchsize_lit.errors import one_line
-from batchsize_lit.signals import Terminated
+from batchsize_lit.signals import WATCH, Terminated
 from batchsize_lit.study.run import CellCLI, Defaults, result_row, run_cell, write_result
 
 # Accelerators that need a GPU; ``auto`` asks for one when the cluster has GPUs, as Lightning's auto would use one.
@@ -54,6 +54,7 @@ def run_cells_on_ray(
     from ray.exceptions import RayError
 
     connected = connect(address)
+    on_sigterm = WATCH.note_only()  # polled below; also in place of the handler ray.init set, which aborts (-6)
     try:
         for cell in cell_args:  # an unfinished folder from an interrupted run, or one to redo
             shutil.rmtree(folder / cell, ignore_errors=True)
@@ -70,8 +71,12 @@ def run_cells_on_ray(
         done = 0
         try:
             while pending:
-                [ref], _ = ray.wait(list(pending), num_returns=1)
-                cell = pending.pop(ref)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
+                if WATCH.received:
+                    raise Terminated()
+                if not ready:
+                    continue
+                cell = pending.pop(ref := ready[0])
                 try:
                     result = ray.get(ref)
                 except RayError as error:  # the task itself failed: its worker died, or run_cell raised
@@ -82,14 +87,17 @@ def run_cells_on_ray(
                     result = lost_result(cell, cell_args[cell], defaults, time.perf_counter() - submitted, error)
                 on_row(save_result(folder / cell, result))
                 done += 1
-        except Terminated:  # SIGTERM: the running tasks are cancelled and rerun next time
+        except Terminated:  # SIGTERM: the unfinished tasks are cancelled, their cells recorded as interrupted
             for other in pending:
                 ray.cancel(other, force=True)
+            for cell in pending.values():  # Ray does not say which had started: each is rerun next time
+                write_result(folder / cell, interrupted_result(cell, cell_args[cell], defaults, submitted))
             raise Terminated(
                 f"stopped by SIGTERM: {done} of {len(cell_args)} cells finished, kept in {folder}; run the same "
                 "command again to run the others"
             ) from None
     finally:
+        WATCH.restore(on_sigterm)
         if connected:
             ray.shutdown()  # ends the Ray processes ray.init started; from a cluster it joined, it only disconnects
 
@@ -212,6 +220,19 @@ def lost_result(cell: str, args: list[str], defaults: Defaults, seconds: float, 
     cli = CellCLI(args, defaults)  # parsed and instantiated as check_cells did, not fitted
     row = result_row(cli, cell, "failed", seconds, {})
     return {"row": row, "history": [], "traceback": f"{type(error).__name__}: {error}\n"}
+
+
+def interrupted_result(cell: str, args: list[str], defaults: Defaults, submitted: float) -> dict[str, Any]:
+    """The result of a cell whose task SIGTERM cut short: the row run_cell writes for an interrupted cell.
+
+    Args:
+        cell: The cell's name.
+        args: Its fit command line.
+        defaults: The model and data module classes a cell uses when its config names none.
+        submitted: When the study started submitting tasks (time.perf_counter()).
+    """
+    cli = CellCLI(args, defaults)  # parsed and instantiated as check_cells did, not fitted
+    return {"row": result_row(cli, cell, "interrupted", time.perf_counter() - submitted, {}), "history": []}
 
 
 def save_result(cell_folder: Path, result: dict[str, Any]) -> dict[str, Any]:
