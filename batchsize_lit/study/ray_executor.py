@@ -3,7 +3,6 @@
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ import yaml
 
 from batchsize_lit.errors import one_line
 from batchsize_lit.signals import WATCH, Terminated
-from batchsize_lit.study.run import CellCLI, Defaults, result_row, run_cell, write_result
+from batchsize_lit.study.run import CellCLI, Defaults, record_failure, result_row, run_cell, write_result
 
 # Accelerators that need a GPU; ``auto`` asks for one when the cluster has GPUs, as Lightning's auto would use one.
 GPU_ACCELERATORS = ("gpu", "cuda")
@@ -51,55 +50,73 @@ def run_cells_on_ray(
             they replace the defaults, 1 CPU, and 1 GPU when ``cell_gpus`` says the cell's trainer uses one.
     """
     import ray
-    from ray.exceptions import RayError
 
     connected = connect(address)
     on_sigterm = WATCH.note_only()  # polled below; also in place of the handler ray.init set, which aborts (-6)
     try:
-        for cell in cell_args:  # an unfinished folder from an interrupted run, or one to redo
-            shutil.rmtree(folder / cell, ignore_errors=True)
-        cluster_gpus = ray.cluster_resources().get("GPU", 0)
-        task = ray.remote(run_cell_task)
-        pending, submitted = {}, time.perf_counter()
-        for cell, args in cell_args.items():
-            options = cell_options(args, resources, cluster_gpus)
-            threads = max(1, int(options["num_cpus"]))
-            ref = task.options(**options, max_retries=MAX_RETRIES).remote(
-                cell, args, folder, defaults, os.getcwd(), threads
-            )
-            pending[ref] = cell
-        done = 0
+        pending, submitted = _submit(cell_args, folder, defaults, resources)
         try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
-                if WATCH.received:
-                    raise Terminated()
-                if not ready:
-                    continue
-                cell = pending.pop(ref := ready[0])
-                try:
-                    result = ray.get(ref)
-                except RayError as error:  # the task itself failed: its worker died, or run_cell raised
-                    if isinstance(getattr(error, "cause", None), ValueError):  # the config: every cell would fail so
-                        for other in pending:
-                            ray.cancel(other, force=True)
-                        raise ValueError(str(error.cause)) from None
-                    result = lost_result(cell, cell_args[cell], defaults, time.perf_counter() - submitted, error)
-                on_row(save_result(folder / cell, result))
-                done += 1
+            _gather(pending, cell_args, folder, defaults, on_row, submitted)
         except Terminated:  # SIGTERM: the unfinished tasks are cancelled, their cells recorded as interrupted
-            for other in pending:
-                ray.cancel(other, force=True)
+            for ref in pending:
+                ray.cancel(ref, force=True)
             for cell in pending.values():  # Ray does not say which had started: each is rerun next time
                 write_result(folder / cell, interrupted_result(cell, cell_args[cell], defaults, submitted))
-            raise Terminated(
-                f"stopped by SIGTERM: {done} of {len(cell_args)} cells finished, kept in {folder}; run the same "
-                "command again to run the others"
-            ) from None
+            raise
     finally:
         WATCH.restore(on_sigterm)
         if connected:
             ray.shutdown()  # ends the Ray processes ray.init started; from a cluster it joined, it only disconnects
+
+
+def _submit(
+    cell_args: dict[str, list[str]], folder: Path, defaults: Defaults, resources: dict[str, float] | None
+) -> tuple[dict[Any, str], float]:
+    """Every cell as a Ray task: the pending tasks' cells by task, and when they were submitted."""
+    import ray
+
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    task = ray.remote(run_cell_task)
+    pending, submitted = {}, time.perf_counter()
+    for cell, args in cell_args.items():
+        options = cell_options(args, resources, cluster_gpus)
+        threads = max(1, int(options["num_cpus"]))
+        ref = task.options(**options, max_retries=MAX_RETRIES).remote(
+            cell, args, folder, defaults, os.getcwd(), threads
+        )
+        pending[ref] = cell
+    return pending, submitted
+
+
+def _gather(
+    pending: dict[Any, str],
+    cell_args: dict[str, list[str]],
+    folder: Path,
+    defaults: Defaults,
+    on_row: Callable[[dict[str, Any]], None],
+    submitted: float,
+) -> None:
+    """Each task's result written here as it finishes, until none is pending; SIGTERM, noted meanwhile, raises
+    Terminated with the unfinished tasks left in ``pending``."""
+    import ray
+    from ray.exceptions import RayError
+
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
+        if WATCH.received:
+            raise Terminated()
+        if not ready:
+            continue
+        cell = pending.pop(ref := ready[0])
+        try:
+            result = ray.get(ref)
+        except RayError as error:  # the task itself failed: its worker died, or run_cell raised
+            if isinstance(getattr(error, "cause", None), ValueError):  # the config: every cell would fail so
+                for other in pending:
+                    ray.cancel(other, force=True)
+                raise ValueError(str(error.cause)) from None
+            result = lost_result(cell, cell_args[cell], defaults, time.perf_counter() - submitted, error)
+        on_row(save_result(folder / cell, result))
 
 
 def connect(address: str | None) -> bool:
@@ -244,10 +261,7 @@ def save_result(cell_folder: Path, result: dict[str, Any]) -> dict[str, Any]:
     """
     text = result.get("traceback")
     if text:
-        cell_folder.mkdir(parents=True, exist_ok=True)
-        (cell_folder / "traceback.txt").write_text(text)
         last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), "")
-        name = result["row"]["cell"]
-        print(f"cell {name} failed: {last.strip()} (traceback: {cell_folder / 'traceback.txt'})", file=sys.stderr)
+        record_failure(cell_folder, text, last.strip())
     write_result(cell_folder, {"row": result["row"], "history": result["history"]})
     return result["row"]
