@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -180,3 +181,22 @@ def test_a_slurm_job_array_reports_what_a_local_run_does(tmp_path):
     for row in rows[0] + rows[1]:
         del row["seconds"]
     assert rows[0] == rows[1]
+
+
+def test_the_check_builds_one_cell_per_new_grid_value(monkeypatch):
+    from batchsize_lit.study import run as study_run
+    from batchsize_lit.study.grid import cell_name, expand, fit_args
+
+    grid = {
+        "data.batch_size": list(range(1, 11)),
+        "model.lr": [0.1, 0.2, 0.3, 0.4, 0.5],
+        "seed_everything": list(range(10)),
+    }
+    cells = {cell_name(c, grid): fit_args(None, c, Path("x"), cell_name(c, grid), list(grid)) for c in expand(grid)}
+    built = []
+    monkeypatch.setattr(study_run, "CellCLI", lambda args, defaults: built.append(args))
+    study_run.check_cells(cells, (None, None))
+    assert len(built) == 23  # the first cell, then 9 more seeds, 4 more rates, 9 more batch sizes
+    given = {arg for args in built for arg in args}
+    assert all(f"--model.lr={lr}" in given for lr in grid["model.lr"])
+    assert all(f"--data.batch_size={b}" in given for b in grid["data.batch_size"])
