@@ -63,7 +63,7 @@ def b_crit(output: str) -> float | None:
 
 def cohort_line(output: str) -> str | None:
     """The study's line saying how its cells were run together, or why not."""
-    found = re.search(r"^(\d+ cells in \d+ cohorts|cohorts off: .*)$", output, re.MULTILINE)
+    found = re.search(r"^(\d+ cells in \d+ cohorts|cohorts off: .*)", output, re.MULTILINE)
     return found.group(1) if found else None
 
 
