@@ -1,9 +1,10 @@
-"""README parts generated from the committed study results under docs/results/ (run `cog -r README.md`)."""
+"""README parts generated from the study results and benchmark records under docs/results/ (cog -r README.md)."""
 
 import csv
 import json
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -414,6 +415,7 @@ RECORDED = {
     "long_study": "memory and open files over a long study in one process",
     "cohorts": "a study with cohorts, without them, and a plain script (the longest: run it last)",
 }
+PERFORMANCE = [name for name in RECORDED if name != "cohorts"]  # the Performance section's; cohorts: the study's
 
 
 def bench_missing(*names: str) -> str:
@@ -445,15 +447,22 @@ def bench_commands() -> str:
     """The command each record came from, as a shell block with what it measures."""
     if bench_missing(*RECORDED):
         return bench_missing(*RECORDED)
-    commands = [bench(name)["command"] for name in RECORDED]
-    width = max(map(len, commands))
-    lines = [f"{command:<{width}}  # {what}" for command, what in zip(commands, RECORDED.values(), strict=True)]
+    lines = [f"# {what}\n{bench(name)['command']}" for name, what in RECORDED.items()]
     return "```bash\n" + "\n".join(lines) + "\n```\n"
 
 
-def _span(values: list[float], digits: int = 2) -> str:
-    low, high = min(values), max(values)
-    return g(low, digits) if g(low, digits) == g(high, digits) else f"{g(low, digits)} to {g(high, digits)}"
+def _load(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def x(ratio: float) -> str:
+    """A ratio as the benchmarks print it: two decimals, none from 10 up."""
+    return f"{ratio:.2f}" if ratio < 10 else f"{ratio:.0f}"
+
+
+def _span(values: list[float], show: Callable[[float], str] = x) -> str:
+    low, high = show(min(values)), show(max(values))
+    return low if low == high else f"{low} to {high}"
 
 
 def _listed(values: list[str]) -> str:
@@ -464,7 +473,7 @@ def _listed(values: list[str]) -> str:
 def performance_intro(*names: str) -> str:
     """Where the Performance section's numbers come from: the machine, its load while they ran, the versions, the
     dates and the commit of the records."""
-    names = names or tuple(RECORDED)
+    names = names or tuple(PERFORMANCE)
     if bench_missing(*names):
         return bench_missing(*names)
     records = [bench(name) for name in names]
@@ -478,8 +487,8 @@ def performance_intro(*names: str) -> str:
         f" recorded on a {machines} machine, GPU: {gpus}; Python {_listed([f['python'] for f in facts])}, torch"
         f" {_listed([f['torch'] for f in facts])}, lightning {_listed([f['lightning'] for f in facts])}; commit"
         f" {_listed([f['commit'] for f in facts])}, {_listed([days[0], days[-1]])}. The machine was shared with other"
-        f" work: its load average (1 min) was {_span(loads)} at the starts and ends of the runs. Such a machine is"
-        " noisy, so read the ratios, not single cells, and rerun before reading a change into one.\n"
+        f" work: its load average (1 min) was {_span(loads, _load)} at the starts and ends of the runs. Such a"
+        " machine is noisy, so read the ratios, not single cells, and rerun before reading a change into one.\n"
     )
 
 
@@ -489,8 +498,8 @@ def overhead_prose() -> str:
     found = bench_numbers("overhead")
     long, short = found["long"], found["short"]
     return (
-        f"Per step, the template costs {g(long['cpu_ratio'], 2)}× the floor in CPU time ({g(long['wall_ratio'], 2)}×"
-        f" in wall time) where the epoch is long, and {g(short['cpu_ratio'], 2)}× ({g(short['wall_ratio'], 2)}×)"
+        f"Per step, the template costs {x(long['cpu_ratio'])}× the floor in CPU time ({x(long['wall_ratio'])}×"
+        f" in wall time) where the epoch is long, and {x(short['cpu_ratio'])}× ({x(short['wall_ratio'])}×)"
         " where epochs are short and the per-epoch work counts.\n"
     )
 
@@ -510,7 +519,7 @@ def step_time_prose() -> str:
     long = [row for (n, _), row in rows.items() if n == biggest]
     short = {batch: row for (n, batch), row in rows.items() if n == 1000}
     steps = {batch: RegressionDataModule(n_samples=1000, batch_size=batch).batches_per_epoch() for batch in short}
-    per_epoch = " and ".join(f"{g(row['d/c'], 3)} (batch {batch})" for batch, row in short.items())
+    per_epoch = " and ".join(f"{x(row['d/c'])} (batch {batch})" for batch, row in short.items())
     batches = " or ".join(f"{steps[batch]} (batch {batch})" for batch in short)
     return (
         f"Where epochs are long ({biggest} points) the template's fit, with the run history, validation, both"
@@ -528,12 +537,16 @@ def end_to_end_prose() -> str:
         return ""
     found = bench_numbers("end_to_end")
     help_ratio = found["help"]["ratio"]
-    compared = "less than" if help_ratio < 1 else "more than"
+    saving = (
+        "so the entry point's import, below, is the cheaper one"
+        if help_ratio < 1
+        else "so in this run the entry point's savings, below, did not show"
+    )
     return (
-        f"The 2×2 study as a whole process takes {g(found['study']['ratio'], 2)}× the plain PyTorch script."
-        f" Importing Lightning is most of the difference: {g(found['import']['ratio'], 2)}× the time of importing"
-        f" torch alone. `--help`, which imports it through the entry point below, takes {g(help_ratio, 2)}× the time"
-        f" of a plain `import lightning.pytorch`, {compared} that import:\n"
+        f"The 2×2 study as a whole process takes {x(found['study']['ratio'])}× the plain PyTorch script."
+        f" Importing Lightning is most of the difference: {x(found['import']['ratio'])}× the time of importing"
+        f" torch alone. `--help`, which imports it through the entry point, takes {x(help_ratio)}× the time of a"
+        f" plain `import lightning.pytorch`, {saving}:\n"
     )
 
 
@@ -553,9 +566,9 @@ def long_study_prose() -> str:
         return ""
     found = bench_numbers("long_study")
     return (
-        f"Over {found['cells']} cells in one process its resident memory after the last cell is"
-        f" {g(found['rss_ratio'], 3)}× that after cell 10 ({g(found['rss_mib_10'], 4)} MiB), and it holds"
-        f" {found['files_last']} open files after the last cell against {found['files_10']} after cell 10.\n"
+        f"Over {found['cells']} cells in one process, the resident memory after the last cell is"
+        f" {found['rss_ratio']:.3f}× that after cell 10, with {found['files_last']} files open after the last cell and"
+        f" {found['files_10']} after cell 10.\n"
     )
 
 
@@ -566,17 +579,18 @@ def _agreement(found: dict[str, int], cells: int, against: str) -> str:
     return text + (f", {found['beyond']} beyond 2%" if found["beyond"] else "")
 
 
-def cohorts_table() -> str:
-    """The cohort benchmark's record as a markdown table and the sentence that reads it."""
-    if bench_missing("cohorts"):
-        return bench_missing("cohorts")
-    record = bench("cohorts")
+def cohorts_table(name: str = "cohorts") -> str:
+    """A record of benchmarks/cohorts.py as a markdown table, with the line that says where it was measured."""
+    if bench_missing(name):
+        return bench_missing(name)
+    record = bench(name)
     found, facts = record["numbers"], record["machine"]
     cohorts, off = found["cohorts"], found["off"]
     line = f" ({cohorts['line']})" if cohorts.get("line") else ""
     lines = [
-        f"Measured side by side in one run of `{record['command']}`, {record['started'][:10]}, on a"
-        f" {facts['cpus']}-CPU machine shared with other work (load average {_span(_loads(facts))}):",
+        f"Measured side by side in one run of `{record['command']}` ({record['started'][:10]}, commit"
+        f" {facts['commit']}), on a {facts['cpus']}-CPU machine shared with other work (load average"
+        f" {_span(_loads(facts), _load)}):",
         "",
         f"| `{found['config']}` ({found['cells']} cells, {found['targets']} targets) | wall | CPU | steps to target"
         " | B_crit |",
@@ -598,18 +612,18 @@ def _loads(facts: dict[str, Any]) -> list[float]:
     return [facts["load_average_start"], facts["load_average_end"]]
 
 
-def cohorts_prose() -> str:
-    if bench_missing("cohorts"):
+def cohorts_prose(name: str = "cohorts") -> str:
+    if bench_missing(name):
         return ""
-    found = bench_numbers("cohorts")
+    found = bench_numbers(name)
     text = (
-        f"Cohorts took {g(found['wall_ratio'], 2)}× the wall time ({g(found['cpu_ratio'], 2)}× the CPU time) of"
+        f"Cohorts took {x(found['wall_ratio'])}× the wall time ({x(found['cpu_ratio'])}× the CPU time) of"
         " `--cohorts off`"
     )
     if "plain" in found:
         plain = found["plain"]
         text += (
-            f", and {g(plain['wall_ratio'], 2)}× the wall time ({g(plain['cpu_ratio'], 2)}× the CPU time) of the"
+            f", and {x(plain['wall_ratio'])}× the wall time ({x(plain['cpu_ratio'])}× the CPU time) of the"
             " plain script, which writes no event files, rows or histories and pays neither Lightning's loop nor"
             " `vmap`'s per-call cost"
         )
