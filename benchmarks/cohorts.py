@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import record
+
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = ROOT / "benchmarks" / "plain_critical_batch.py"
 
@@ -59,11 +61,31 @@ def b_crit(output: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+def cohort_line(output: str) -> str | None:
+    """The study's line saying how its cells were run together, or why not."""
+    found = re.search(r"^(\d+ cells in \d+ cohorts|cohorts off: .*)", output, re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def targets(folder: Path) -> int:
+    """How many targets the study's rows carry steps for (steps_to_target_1, _2, ...; one when unnumbered)."""
+    row = json.loads(next(folder.glob("*/result.json")).read_text())["row"]
+    return max(1, sum(re.fullmatch(r"steps_to_target_\d+", key) is not None for key in row))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/study_critical_batch.yaml")
     parser.add_argument("--jobs", default="1", help="--jobs of both studies")
+    record.add_argument(parser)
     args = parser.parse_args()
+    name = "cohorts" if Path(args.config).name == "study_critical_batch.yaml" else f"cohorts_{Path(args.config).stem}"
+    with record.Recording(name, args.record) as numbers:
+        measure(args, numbers)
+
+
+def measure(args: argparse.Namespace, numbers: dict) -> None:
+    """The studies and the plain script, timed; their key numbers into `numbers`."""
     root = Path(tempfile.mkdtemp(prefix="cohorts-"))
     study = [sys.executable, "-m", "batchsize_lit", "study", "--config", args.config, "--root", str(root)]
     results = {}
@@ -72,6 +94,7 @@ def main() -> None:
         events = len(list((root / name).glob("*/events.out.tfevents.*")))
         results[name] = {"wall": wall, "cpu": cpu, "b_crit": b_crit(output), "events": events}
         results[name]["steps"] = steps_of(root / name)
+        results[name]["line"] = cohort_line(output)
         found = results[name]["b_crit"]
         print(f"study {name:<8} {wall:7.1f} s wall {cpu:7.1f} s CPU  B_crit {found}  {events} event files")
     same, close, beyond = agreement(results["off"]["steps"], results["cohorts"]["steps"])
@@ -82,6 +105,9 @@ def main() -> None:
     ratio = results["cohorts"]["wall"] / results["off"]["wall"]
     cpu_ratio = results["cohorts"]["cpu"] / results["off"]["cpu"]
     print(f"cohorts / off: {ratio:.3f} wall, {cpu_ratio:.3f} CPU")
+    numbers |= {"config": args.config, "cells": cells, "targets": targets(root / "off"), "wall_ratio": ratio}
+    numbers |= {"cpu_ratio": cpu_ratio, "agreement": {"identical": same, "within_2pc": close, "beyond": len(beyond)}}
+    numbers |= {key: {k: v for k, v in results[key].items() if k != "steps"} for key in results}
     if Path(args.config).name == "study_critical_batch.yaml":
         output, wall, cpu = timed([sys.executable, str(PLAIN)])
         plain = json.loads(output)["steps_to_target"]
@@ -90,6 +116,9 @@ def main() -> None:
         print(f"steps to target, plain vs off: {same}/{cells} identical, {close} within 2%, {len(beyond)} beyond")
         cohorts = results["cohorts"]
         print(f"cohorts / plain: {cohorts['wall'] / wall:.2f} wall, {cohorts['cpu'] / cpu:.2f} CPU")
+        agree = {"identical": same, "within_2pc": close, "beyond": len(beyond)}
+        numbers["plain"] = {"wall": wall, "cpu": cpu, "cells": len(plain), "agreement": agree}
+        numbers["plain"] |= {"wall_ratio": cohorts["wall"] / wall, "cpu_ratio": cohorts["cpu"] / cpu}
     print(f"runs kept in {root}")
 
 

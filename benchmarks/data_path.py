@@ -4,6 +4,7 @@ import argparse
 import statistics
 import time
 
+import record
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -25,7 +26,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,100000,1000000")
     parser.add_argument("--batches", default="16,128,1024")
     parser.add_argument("--repeats", type=int, default=5)
+    record.add_argument(parser)
     args = parser.parse_args()
+    with record.Recording("data_path", args.record) as numbers:
+        numbers["rows"] = measure(args)
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, float]]:
+    """The table, printed row by row; its rows returned (µs per batch and the ratios)."""
+    rows = []
     torch.set_num_threads(1)
     print("µs per batch over a whole shuffled epoch (median of", args.repeats, "epochs), CPU, 1 torch thread")
     print("(i) x[idx], y[idx] with idx sliced from torch.randperm  (t) the template's train_dataloader")
@@ -56,6 +65,9 @@ def main() -> None:
             default_us = per_batch(lambda loader=default: iterate(loader), batches, slow_repeats)
             row = f"{n:>8} {batch:>5} {batches:>8} {i:>7.1f} {t:>7.1f} {default_us:>8.1f}"
             print(f"{row} {t / i:>5.2f} {default_us / i:>6.1f}", flush=True)
+            rows.append({"n": n, "batch": batch, "batches": batches, "i": i, "t": t, "l": default_us})
+            rows[-1] |= {"t/i": t / i, "l/i": default_us / i}
+    return rows
 
 
 if __name__ == "__main__":

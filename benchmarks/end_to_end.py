@@ -8,6 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import record
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,8 +19,11 @@ def wall(command: list[str], cwd: str) -> float:
     return time.perf_counter() - started
 
 
-def compare(name: str, ours: list[str], reference: list[str], repeats: int, fresh_dir: bool = False) -> None:
-    """Median wall times of both commands, run in turn, and the median of their per-round ratios."""
+def compare(
+    name: str, ours: list[str], reference: list[str], repeats: int, fresh_dir: bool = False
+) -> dict[str, float]:
+    """Median wall times of both commands, run in turn, and the median of their per-round ratios; printed and
+    returned (seconds)."""
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     for _ in range(repeats):
         for key, command in (("ours", ours), ("reference", reference)):
@@ -29,29 +34,41 @@ def compare(name: str, ours: list[str], reference: list[str], repeats: int, fres
         f"{name:<44} {statistics.median(times['ours']):>7.2f} s {statistics.median(times['reference']):>7.2f} s"
         f" {ratio:>6.2f}"
     )
+    return {
+        "ours": statistics.median(times["ours"]),
+        "reference": statistics.median(times["reference"]),
+        "ratio": ratio,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
+    record.add_argument(parser)
     args = parser.parse_args()
+    with record.Recording("end_to_end", args.record) as numbers:
+        measure(args.repeats, numbers)
+
+
+def measure(repeats: int, numbers: dict) -> None:
+    """The three comparisons, their key numbers into `numbers`."""
     python = sys.executable
-    print(f"median of {args.repeats} rounds; each round runs both commands; wall time includes interpreter start\n")
+    print(f"median of {repeats} rounds; each round runs both commands; wall time includes interpreter start\n")
     print(f"{'':<44} {'ours':>9} {'reference':>9} {'ratio':>6}")
     study = [python, "-m", "batchsize_lit", "study", "--config", str(ROOT / "configs/study_seed.yaml")]
     plain = [python, str(ROOT / "benchmarks/plain_2x2.py")]
-    compare("study_seed.yaml vs plain_2x2.py", study, plain, args.repeats, fresh_dir=True)
-    compare(
+    numbers["study"] = compare("study_seed.yaml vs plain_2x2.py", study, plain, repeats, fresh_dir=True)
+    numbers["help"] = compare(
         "--help vs import lightning.pytorch",
         [python, "-m", "batchsize_lit", "--help"],
         [python, "-c", "import lightning.pytorch"],
-        args.repeats,
+        repeats,
     )
-    compare(
+    numbers["import"] = compare(
         "import lightning.pytorch vs import torch",
         [python, "-c", "import lightning.pytorch"],
         [python, "-c", "import torch"],
-        args.repeats,
+        repeats,
     )
 
 

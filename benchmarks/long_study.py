@@ -7,6 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import record
+
 from batchsize_lit import LinearRegressor, RegressionDataModule
 from batchsize_lit.study.grid import expand, fit_args
 from batchsize_lit.study.run import run_cell
@@ -38,9 +40,14 @@ def measure(cells: int, folder: Path) -> list[tuple[int, float, int, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cells", type=int, default=120)
+    record.add_argument(parser)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        samples = measure(args.cells, Path(tmp))
+    with record.Recording("long_study", args.record) as numbers, tempfile.TemporaryDirectory() as tmp:
+        report(measure(args.cells, Path(tmp)), numbers)
+
+
+def report(samples: list[tuple[int, float, int, float]], numbers: dict) -> None:
+    """The table and the summary lines; their numbers into `numbers`."""
     print(f"{'cells':>6} {'RSS MiB':>8} {'open files':>10} {'s/cell':>7}")
     for index, rss, files, seconds in samples:
         if index in (1, 5, 10) or index % 20 == 0 or index == len(samples):
@@ -48,7 +55,10 @@ def main() -> None:
     reference = samples[9][1]
     print(f"RSS after cell {len(samples)} / after cell 10: {samples[-1][1] / reference:.3f}")
     print(f"open files after cell 10: {samples[9][2]}, after cell {len(samples)}: {samples[-1][2]}")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {peak:.1f} MiB")
+    numbers |= {"cells": len(samples), "rss_mib_10": reference, "rss_mib_last": samples[-1][1], "peak_rss_mib": peak}
+    numbers |= {"rss_ratio": samples[-1][1] / reference, "files_10": samples[9][2], "files_last": samples[-1][2]}
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""README parts generated from the committed study results under docs/results/ (run `cog -r README.md`)."""
+"""README parts generated from the study results and benchmark records under docs/results/ (cog -r README.md)."""
 
 import csv
+import json
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -404,3 +406,230 @@ def both_prose() -> str:
         f" easiest target, and {g(regression[-1]['b_noise'] / regression[-1]['b_crit'], 2)}× in B_noise at the"
         " hardest, where the stability limit appears to set B_crit (above).\n"
     )
+
+
+# The benchmarks' records, written by `python benchmarks/<script>.py --record`. The README reads these, in this order.
+BENCHMARKS = RESULTS / "benchmarks"
+RECORDED = {
+    "overhead": "whole fit processes against Lightning's barebones floor",
+    "step_time": "µs per training step in one process: plain loops, the floor, the template",
+    "end_to_end": "whole commands: the 2×2 study against a plain script, start-up",
+    "data_path": "µs per batch of the data path",
+    "long_study": "memory and open files over a long study in one process",
+    "cohorts": "a study with cohorts, without them, and a plain script (the longest: run it last)",
+}
+PERFORMANCE = [name for name in RECORDED if name != "cohorts"]  # the Performance section's; cohorts: the study's
+
+
+def bench_missing(*names: str) -> str:
+    """A line saying which benchmarks have no committed record, or "" when all have."""
+    absent = [name for name in names if not (BENCHMARKS / f"{name}.json").is_file()]
+    if not absent:
+        return ""
+    return f"Not recorded for this README yet: {', '.join(absent)} (no record under docs/results/benchmarks/).\n"
+
+
+def bench(name: str) -> dict[str, Any]:
+    """A benchmark's recorded command, machine and key numbers."""
+    return json.loads((BENCHMARKS / f"{name}.json").read_text())
+
+
+def bench_numbers(name: str) -> dict[str, Any]:
+    return bench(name)["numbers"]
+
+
+def bench_output(name: str) -> str:
+    """What the benchmark printed, as a code block, without the record's header."""
+    if bench_missing(name):
+        return bench_missing(name)
+    lines = (BENCHMARKS / f"{name}.txt").read_text().splitlines()
+    return block("\n".join(line for line in lines if not line.startswith("# ")).strip("\n"))
+
+
+def bench_commands() -> str:
+    """The command each record came from, as a shell block with what it measures."""
+    if bench_missing(*RECORDED):
+        return bench_missing(*RECORDED)
+    lines = [f"# {what}\n{bench(name)['command']}" for name, what in RECORDED.items()]
+    return "```bash\n" + "\n".join(lines) + "\n```\n"
+
+
+def _load(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def x(ratio: float) -> str:
+    """A ratio as the benchmarks print it: two decimals, none from 10 up."""
+    return f"{ratio:.2f}" if ratio < 10 else f"{ratio:.0f}"
+
+
+def _span(values: list[float], show: Callable[[float], str] = x) -> str:
+    low, high = show(min(values)), show(max(values))
+    return low if low == high else f"{low} to {high}"
+
+
+def _listed(values: list[str]) -> str:
+    unique = list(dict.fromkeys(values))
+    return ", ".join(unique[:-1]) + " and " + unique[-1] if len(unique) > 1 else unique[0]
+
+
+def performance_intro(*names: str) -> str:
+    """Where the Performance section's numbers come from: the machine, its load while they ran, the versions, the
+    dates and the commit of the records."""
+    names = names or tuple(PERFORMANCE)
+    if bench_missing(*names):
+        return bench_missing(*names)
+    records = [bench(name) for name in names]
+    facts = [record["machine"] for record in records]
+    loads = [value for fact in facts for value in (fact["load_average_start"], fact["load_average_end"])]
+    days = sorted(record["started"][:10] for record in records)
+    machines = _listed([f"{f['cpus']}-CPU {f['cpu_model']} ({f['system']})" for f in facts])
+    gpus = _listed([f["gpu"] for f in facts])
+    return (
+        "The tables and numbers below are generated from the records under `docs/results/benchmarks/`, each"
+        f" recorded on a {machines} machine, GPU: {gpus}; Python {_listed([f['python'] for f in facts])}, torch"
+        f" {_listed([f['torch'] for f in facts])}, lightning {_listed([f['lightning'] for f in facts])}; commit"
+        f" {_listed([f['commit'] for f in facts])}, {_listed([days[0], days[-1]])}. The machine was shared with other"
+        f" work: its load average (1 min) was {_span(loads, _load)} at the starts and ends of the runs. Such a"
+        " machine is noisy, so read the ratios, not single cells, and rerun before reading a change into one.\n"
+    )
+
+
+def overhead_prose() -> str:
+    if bench_missing("overhead"):
+        return ""
+    found = bench_numbers("overhead")
+    long, short = found["long"], found["short"]
+    return (
+        f"Per step, the template costs {x(long['cpu_ratio'])}× the floor in CPU time ({x(long['wall_ratio'])}×"
+        f" in wall time) where the epoch is long, and {x(short['cpu_ratio'])}× ({x(short['wall_ratio'])}×)"
+        " where epochs are short and the per-epoch work counts.\n"
+    )
+
+
+def _step_rows() -> dict[tuple[int, int], dict[str, float]]:
+    return {(row["n"], row["batch"]): row for row in bench_numbers("step_time")["rows"]}
+
+
+def step_time_prose() -> str:
+    """The per-step ratios the step_time record gives, for long epochs and for the default 1000 points."""
+    if bench_missing("step_time"):
+        return ""
+    from batchsize_lit import RegressionDataModule
+
+    rows = _step_rows()
+    biggest = max(n for n, _ in rows)
+    long = [row for (n, _), row in rows.items() if n == biggest]
+    short = {batch: row for (n, batch), row in rows.items() if n == 1000}
+    steps = {batch: RegressionDataModule(n_samples=1000, batch_size=batch).batches_per_epoch() for batch in short}
+    per_epoch = " and ".join(f"{x(row['d/c'])} (batch {batch})" for batch, row in short.items())
+    batches = " or ".join(f"{steps[batch]} (batch {batch})" for batch in short)
+    return (
+        f"Where epochs are long ({biggest} points) the template's fit, with the run history, validation, both"
+        " checkpoints and early stopping, costs"
+        f" {_span([row['d/c'] for row in long])}× Lightning's barebones floor per step, and"
+        f" {_span([row['bar/c'] for row in long])}× with its progress display on. With the default 1000 points an"
+        f" epoch is only {batches} steps, and the per-epoch work (writing `last.ckpt` and, on improvement, the best"
+        " checkpoint; logging `val_loss`; starting validation) shows:"
+        f" {per_epoch}.\n"
+    )
+
+
+def end_to_end_prose() -> str:
+    if bench_missing("end_to_end"):
+        return ""
+    found = bench_numbers("end_to_end")
+    help_ratio = found["help"]["ratio"]
+    saving = (
+        "so the entry point's import, below, is the cheaper one"
+        if help_ratio < 1
+        else "so in this run the entry point's savings, below, did not show"
+    )
+    return (
+        f"The 2×2 study as a whole process takes {x(found['study']['ratio'])}× the plain PyTorch script."
+        f" Importing Lightning is most of the difference: {x(found['import']['ratio'])}× the time of importing"
+        f" torch alone. `--help`, which imports it through the entry point, takes {x(help_ratio)}× the time of a"
+        f" plain `import lightning.pytorch`, {saving}:\n"
+    )
+
+
+def data_path_prose() -> str:
+    if bench_missing("data_path"):
+        return ""
+    rows = bench_numbers("data_path")["rows"]
+    return (
+        f"A batch of the template's loader costs {_span([row['t/i'] for row in rows])}× what indexing the tensors"
+        f" costs, at every batch size and data size above, where the default per-sample `DataLoader` costs"
+        f" {_span([row['l/i'] for row in rows])}×.\n"
+    )
+
+
+def long_study_prose() -> str:
+    if bench_missing("long_study"):
+        return ""
+    found = bench_numbers("long_study")
+    return (
+        f"Over {found['cells']} cells in one process, the resident memory after the last cell is"
+        f" {found['rss_ratio']:.3f}× that after cell 10, with {found['files_last']} files open after the last cell and"
+        f" {found['files_10']} after cell 10.\n"
+    )
+
+
+def _agreement(found: dict[str, int], cells: int, against: str) -> str:
+    text = f"{found['identical']}/{cells} identical to {against}"
+    if found["within_2pc"]:
+        text += f", {found['within_2pc']} within 2%"
+    return text + (f", {found['beyond']} beyond 2%" if found["beyond"] else "")
+
+
+def cohorts_table(name: str = "cohorts") -> str:
+    """A record of benchmarks/cohorts.py as a markdown table, with the line that says where it was measured."""
+    if bench_missing(name):
+        return bench_missing(name)
+    record = bench(name)
+    found, facts = record["numbers"], record["machine"]
+    cohorts, off = found["cohorts"], found["off"]
+    line = f" ({cohorts['line']})" if cohorts.get("line") else ""
+    lines = [
+        f"Measured side by side in one run of `{record['command']}` ({record['started'][:10]}, commit"
+        f" {facts['commit']}), on a {facts['cpus']}-CPU machine shared with other work (load average"
+        f" {_span(_loads(facts), _load)}):",
+        "",
+        f"| `{found['config']}` ({found['cells']} cells, {found['targets']} targets) | wall | CPU | steps to target"
+        " | B_crit |",
+        "|---|---|---|---|---|",
+        f"| `study`{line} | {g(cohorts['wall'])} s | {g(cohorts['cpu'])} s | | {g(cohorts['b_crit'])} |",
+        f"| `study --cohorts off` | {g(off['wall'])} s | {g(off['cpu'])} s |"
+        f" {_agreement(found['agreement'], found['cells'], 'the cohorts')} | {g(off['b_crit'])} |",
+    ]
+    if "plain" in found:
+        plain = found["plain"]
+        lines.append(
+            f"| `benchmarks/plain_critical_batch.py`, a plain vectorized script | {g(plain['wall'], 2)} s |"
+            f" {g(plain['cpu'], 2)} s | {_agreement(plain['agreement'], plain['cells'], '`--cohorts off`')} | |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _loads(facts: dict[str, Any]) -> list[float]:
+    return [facts["load_average_start"], facts["load_average_end"]]
+
+
+def cohorts_prose(name: str = "cohorts") -> str:
+    if bench_missing(name):
+        return ""
+    found = bench_numbers(name)
+    text = (
+        f"Cohorts took {x(found['wall_ratio'])}× the wall time ({x(found['cpu_ratio'])}× the CPU time) of"
+        " `--cohorts off`"
+    )
+    if "plain" in found:
+        plain = found["plain"]
+        text += (
+            f", and {x(plain['wall_ratio'])}× the wall time ({x(plain['cpu_ratio'])}× the CPU time) of the"
+            " plain script, which writes no event files, rows or histories and pays neither Lightning's loop nor"
+            " `vmap`'s per-call cost"
+        )
+    events = [found["cohorts"]["events"], found["off"]["events"]]
+    written = f"both write {events[0]}" if events[0] == events[1] else f"they write {events[0]} and {events[1]}"
+    return text + f"; {written} event files.\n"

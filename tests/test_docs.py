@@ -1,10 +1,12 @@
-"""The README's study numbers, tables and figures come from the committed results under docs/results/."""
+"""The README's numbers come from the committed study results and benchmark records under docs/results/."""
 
 import json
 import math
 import random
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,8 @@ import readme_parts
 # Each study the README reports has its folder under docs/results/.
 DOCUMENTED = sorted(path.parent.name for path in (ROOT / "docs/results").glob("*/results.csv"))
 CRITICAL = [study for study in DOCUMENTED if (ROOT / "docs/results" / study / "critical_batch.csv").is_file()]
+# What a benchmark record's header and JSON say of the machine, so that a reader can weigh its numbers.
+MACHINE = {"cpus", "cpu_model", "load_average_start", "load_average_end", "gpu", "torch", "lightning", "commit"}
 
 
 def compared(study: str) -> list[str]:
@@ -77,3 +81,56 @@ def test_a_rerun_of_random_cells_gives_the_committed_rows(study, tmp_path):
             expected, got = committed.get(column), row.get(column)
             same = got == expected if isinstance(expected, int) or expected is None else math.isclose(got, expected)
             assert same, f"{study} cell {committed['cell']} (trial_index {index}): {column} {got} != {expected}"
+
+
+@pytest.mark.parametrize("name", list(readme_parts.RECORDED))
+def test_each_benchmark_record_the_readme_reads_is_committed_whole(name):
+    """The README's performance and cohort numbers come from these files; cog --check cannot tell a record that was
+    never written from one the README does not use, so each must be here: the output under its header, the key
+    numbers with the machine."""
+    assert f'"{name}"' in (ROOT / "README.md").read_text(), f"the README reads no record of {name}"
+    record = readme_parts.bench(name)
+    assert record["command"].startswith(f"python benchmarks/{name}.py") and "--record" in record["command"]
+    assert set(record["machine"]) >= MACHINE and record["numbers"], record
+    header = (readme_parts.BENCHMARKS / f"{name}.txt").read_text().split("\n# ")
+    assert header[0] == f"# {record['command']}" and f"torch {record['machine']['torch']}" in header[-1]
+    assert readme_parts.bench_output(name).count("\n") > 2  # the printed table, not just the header
+
+
+def test_record_writes_what_a_benchmark_prints_and_its_numbers(tmp_path, capsys):
+    """--record: the console output unchanged, the same text under the header, the numbers in the JSON; a run that
+    fails leaves the last record as it was."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import record
+
+    console = sys.stdout
+    with record.Recording("demo", str(tmp_path)) as numbers:
+        print("n ratio\n1 1.234567")
+        numbers["ratio"] = 1.2345678
+    assert sys.stdout is console and capsys.readouterr().out.startswith("n ratio\n1 1.234567\n")
+    text = (tmp_path / "demo.txt").read_text()
+    header = [line for line in text.splitlines() if line.startswith("# ")]
+    assert header[0] == f"# {shlex.join(['python', 'benchmarks/' + Path(sys.argv[0]).name, *sys.argv[1:]])}"
+    assert len(header) == 4 and text.endswith("\nn ratio\n1 1.234567\n")
+    saved = json.loads((tmp_path / "demo.json").read_text())
+    assert saved["numbers"] == {"ratio": 1.2346} and set(saved["machine"]) >= MACHINE
+    with pytest.raises(RuntimeError), record.Recording("demo", str(tmp_path)):
+        print("half a table")
+        raise RuntimeError
+    assert sys.stdout is console and (tmp_path / "demo.txt").read_text() == text
+
+
+@pytest.mark.slow
+def test_a_benchmark_run_with_record_writes_its_table_and_rows(tmp_path):
+    """A real benchmark, small: its --help documents --record, and the recorded rows are the printed ones."""
+    script = str(ROOT / "benchmarks/data_path.py")
+    assert "--record" in subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True).stdout
+    done = subprocess.run([sys.executable, script, "--sizes", "1000", "--batches", "16,128", "--repeats", "1",
+                           "--record", str(tmp_path)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "data_path.json").read_text())["numbers"]["rows"]
+    assert [(row["n"], row["batch"]) for row in rows] == [(1000, 16), (1000, 128)]
+    printed = (tmp_path / "data_path.txt").read_text().splitlines()[-2:]
+    assert [line.split()[:3] for line in printed] == [
+        [str(row["n"]), str(row["batch"]), str(row["batches"])] for row in rows
+    ]
