@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError, Namespace
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
@@ -149,20 +148,14 @@ class BatchSizeCLI(LightningCLI):
             config.weights_only = True
         checks.require_checkpointing(config.trainer)
         checks.checkpoint_follows_early_stopping(config, self._given)
-        dump = lambda: self.parser_of(self.subcommand).dump(config, skip_unset=False)  # noqa: E731
-        self.placement.place(config, stem, self.subcommand, self._argv, dump)
+        self.placement.place(config, stem, self.subcommand, self._argv, self.parser_of(self.subcommand))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self._notices.hold("lightning.pytorch.utilities.rank_zero")
         given = trainer_setup.configured_callbacks(self._current(self.config_init).get("trainer"))
         kwargs.setdefault("callbacks", list(given))  # Lightning extends the list it gets: given stays the user's
-        try:
+        with trainer_setup.device_flags_named(self._current(self.config).trainer):
             trainer = super().instantiate_trainer(**kwargs)
-        except MisconfigurationException as error:
-            named = trainer_setup.with_device_flags(error, self._current(self.config).trainer)
-            if named is None:
-                raise
-            raise named from None
         self._notices.release()  # built: the seed and device lines, in the order they came
         trainer_setup.finish_trainer(trainer, given)
         return trainer

@@ -3,7 +3,6 @@
 import copy
 import shutil
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,7 @@ class Placement:
     claimed: Path | None = None
     as_given: dict[str, Any] = field(default_factory=dict)
 
-    def place(
-        self, config: Namespace, stem: str, subcommand: str | None, argv: list[str], dump: Callable[[], str]
-    ) -> None:
+    def place(self, config: Namespace, stem: str, subcommand: str | None, argv: list[str], parser: Any) -> None:
         """Point the config's loggers (or the trainer's root) at the run folder the command works in.
 
         best and last name the newest run's checkpoints; a resume continues in its run's folder, an evaluation logs into
@@ -47,7 +44,8 @@ class Placement:
             stem: The config's name (config_args.config_stem).
             subcommand: fit, validate, test or predict; None for a config without subcommands.
             argv: The command line: a requeued SLURM job continues the run that the same command started.
-            dump: The config as YAML, as config.yaml would be written, for the warning on a checkpoint's other config.
+            parser: The subcommand's parser: it writes the config as config.yaml would be, for the warning on a
+                checkpoint trained with another config.
         """
         ckpt_path = config.get("ckpt_path")
         self.as_given = {
@@ -64,7 +62,7 @@ class Placement:
         ckpt_path = config.get("ckpt_path")
         self.run = runs.run_of_checkpoint(ckpt_path) if ckpt_path not in NO_RUN else None
         if self.run is not None and rank_zero_only.rank == 0:
-            runs.warn_config_drift(self.run, dump)
+            runs.warn_config_drift(self.run, lambda: parser.dump(config, skip_unset=False))
         if subcommand == "predict":  # it logs nothing: no empty event file in a run folder, no new folder
             config.trainer.logger = False
         elif self.run is not None and (subcommand != "fit" or continued):  # evaluate, resume: in its run

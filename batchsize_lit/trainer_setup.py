@@ -1,5 +1,7 @@
 """What the CLI does around building the Trainer: the user's callbacks kept, the template's console, atomic saves."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
@@ -61,15 +63,18 @@ def finish_trainer(trainer: pl.Trainer, given: list[pl.Callback]) -> None:
     skip_idle_hooks(trainer.callbacks)
 
 
-def with_device_flags(error: MisconfigurationException, trainer_config: Any) -> MisconfigurationException | None:
-    """Lightning's error on the accelerator or devices, after the two flags and their values, which it does not name;
-    None for an error on anything else.
+@contextmanager
+def device_flags_named(trainer_config: Any) -> Iterator[None]:
+    """Build the Trainer inside: Lightning's error on the accelerator or devices comes with the two flags and their
+    values, which its text does not name; any other error is raised as it is.
 
     Args:
-        error: What building the Trainer raised.
         trainer_config: The config's trainer section.
     """
-    if not compat.DEVICE_ERROR.search(str(error)):
-        return None
-    flags = f"trainer.accelerator={trainer_config.accelerator!r}, trainer.devices={trainer_config.devices!r}"
-    return MisconfigurationException(f"{flags}: {error}")
+    try:
+        yield
+    except MisconfigurationException as error:
+        if not compat.DEVICE_ERROR.search(str(error)):
+            raise
+        flags = f"trainer.accelerator={trainer_config.accelerator!r}, trainer.devices={trainer_config.devices!r}"
+        raise MisconfigurationException(f"{flags}: {error}") from None
