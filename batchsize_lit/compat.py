@@ -3,10 +3,13 @@ function each; tests/test_compat.py checks each against the installed versions."
 
 import csv
 import os
+import re
 import threading
 import warnings
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from jsonargparse import Namespace
@@ -105,3 +108,35 @@ def set_event_writer_error(thread: threading.Thread, error: BaseException) -> No
     """Replace the error a dead TensorBoard writer thread left behind. Reason: tensorboard keeps it in the thread's
     ``exception`` attribute and raises that object in the main thread at the next write, flush or close."""
     thread.exception = error  # type: ignore[attr-defined]
+
+
+# --- cli ---
+
+# argparse's error, through jsonargparse, for a flag no parser knows: "unrecognized arguments: --trainer.max_epoch=1".
+UNRECOGNIZED_ARGUMENT = re.compile(r"unrecognized arguments: --([\w.]+)")
+# jsonargparse's error for a key in a config file that no parser has: "... does not accept option 'trainr.epochs'".
+UNACCEPTED_OPTION = re.compile(r"does not accept option '([\w.]+)'")
+# jsonargparse's error for a bad value of a linked key names the target of the link: history.monitor, history.mode.
+LINKED_HISTORY_KEY = re.compile(r'Parser key "history\.(monitor|mode)"')
+# The words of Lightning's MisconfigurationException texts on the accelerator and devices flags, which name neither
+# flag: a heuristic over Lightning's wording.
+DEVICE_ERROR = re.compile(r"accelerator|devices|gpu|cuda|mps|tpu|backend", re.IGNORECASE)
+
+
+def logs_hyperparameters(module: Any) -> bool:
+    """Whether Lightning logs a LightningModule's or LightningDataModule's hyperparameters with the trainer's loggers.
+    Reason: save_hyperparameters(logger=False) records its choice in the private attribute _log_hyperparams only."""
+    return bool(getattr(module, "_log_hyperparams", True))
+
+
+def subcommand_parsers(parsers: Sequence[Any], subcommands: Sequence[str]) -> dict[str, Any]:
+    """Each subcommand's parser, from every parser a LightningCLI made through init_parser, in the order made.
+    Reason: LightningCLI makes the main parser first, then one per subcommand in subcommands() order, and keeps them
+    by name only in a private attribute (_subcommand_parsers)."""
+    return dict(zip(subcommands, parsers[1:], strict=True))
+
+
+def attached_trainer(module: pl.LightningModule) -> Trainer | None:
+    """The Trainer a LightningModule is attached to, or None. Reason: the public ``trainer`` property raises when
+    there is none; Lightning keeps it in the private attribute _trainer."""
+    return module._trainer

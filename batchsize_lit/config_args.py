@@ -1,8 +1,9 @@
 """What a command line says beyond its parsed values: the keys it gives, the classes' own defaults, --print_config."""
 
 import inspect
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from jsonargparse import ArgumentError
@@ -29,6 +30,54 @@ def print_flags(printing: list[str]) -> dict[str, bool]:
             raise ArgumentError(None, f"--print_config={flag}: unknown flag; known: {', '.join(PRINT_FLAGS)}")
         kwargs[PRINT_FLAGS[flag]] = True
     return kwargs
+
+
+def without_print_config(args: Any) -> tuple[list[str] | None, list[str], Any]:
+    """Take ``--print_config[=flags]`` out of a command line: it is printed once the classes' own defaults are in
+    place (print_config), where jsonargparse would print it while parsing.
+
+    Args:
+        args: The arguments LightningCLI was given; None for sys.argv, whose copy loses the flags then.
+
+    Returns:
+        The command line as a list (None for arguments given as a dict), the --print_config arguments in it, and the
+        arguments to parse.
+    """
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+    printing = [arg for arg in argv or [] if arg.split("=")[0] == "--print_config"]
+    if printing:
+        kept = [arg for arg in argv if arg not in printing]
+        if args is None:
+            sys.argv[1:] = kept
+        else:
+            args = kept
+    return argv, printing, args
+
+
+def print_config(parser: Any, config: Any, printing: list[str]) -> NoReturn:
+    """Print the config as --print_config asks, and exit.
+
+    Args:
+        parser: The subcommand's parser.
+        config: The subcommand's config.
+        printing: The --print_config arguments (without_print_config).
+    """
+    text = parser.dump(config, **print_flags(printing))
+    print(text, end="" if text.endswith("\n") else "\n")
+    sys.exit(0)
+
+
+def use_own_defaults(config: Any, default_classes: dict[str, type | None], given: set[str]) -> None:
+    """drop_inherited_defaults for each part (model, data) whose class replaces the default class.
+
+    Args:
+        config: The subcommand's config, changed in place.
+        default_classes: The default class of each part, by config key; None where there is none.
+        given: The keys the command line sets (given_keys).
+    """
+    for key, default_class in default_classes.items():
+        if default_class is not None and config.get(key) is not None:
+            drop_inherited_defaults(config[key], default_class, {k[len(key) + 1 :] for k in given})
 
 
 def drop_inherited_defaults(spec: Any, default_class: type, given: set[str]) -> None:

@@ -1,12 +1,16 @@
-"""What the CLI does around building the Trainer: the user's own callbacks, and the template's console in place of
-Lightning's default progress bar and model summary."""
+"""What the CLI does around building the Trainer: the user's callbacks kept, the template's console, atomic saves."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from batchsize_lit.callbacks import BriefModelSummary
+from batchsize_lit import compat
+from batchsize_lit.callbacks import AtomicCheckpointIO, BriefModelSummary, skip_idle_hooks
 from batchsize_lit.progress import ThrottledProgressBar
 
 # What the Trainer adds by itself when no callback of the kind is given (Rich where the rich package is installed).
@@ -43,3 +47,34 @@ def use_template_console(trainer: pl.Trainer, given: list[pl.Callback]) -> None:
             trainer.callbacks[index] = ThrottledProgressBar()
         elif type(callback) in LIGHTNING_DEFAULT_SUMMARIES:
             trainer.callbacks[index] = BriefModelSummary()
+
+
+def finish_trainer(trainer: pl.Trainer, given: list[pl.Callback]) -> None:
+    """What the template changes in a Trainer just built: checkpoints written atomically where Lightning's default
+    writer is in place, the template's console (use_template_console), and no calls to hooks a callback leaves idle.
+
+    Args:
+        trainer: The Trainer, just built.
+        given: The callbacks the user configured (configured_callbacks).
+    """
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    use_template_console(trainer, given)
+    skip_idle_hooks(trainer.callbacks)
+
+
+@contextmanager
+def device_flags_named(trainer_config: Any) -> Iterator[None]:
+    """Build the Trainer inside: Lightning's error on the accelerator or devices comes with the two flags and their
+    values, which its text does not name; any other error is raised as it is.
+
+    Args:
+        trainer_config: The config's trainer section.
+    """
+    try:
+        yield
+    except MisconfigurationException as error:
+        if not compat.DEVICE_ERROR.search(str(error)):
+            raise
+        flags = f"trainer.accelerator={trainer_config.accelerator!r}, trainer.devices={trainer_config.devices!r}"
+        raise MisconfigurationException(f"{flags}: {error}") from None

@@ -2,6 +2,7 @@
 
 import csv
 import warnings
+from typing import ClassVar
 
 import pytest
 from lightning.pytorch import Trainer
@@ -170,3 +171,114 @@ def test_a_tensorboard_writer_thread_names_its_file_and_raises_the_error_it_hold
         writer.add_scalar("loss", 1.0, 0)
     compat.set_event_writer_error(thread, None)
     writer.close()
+
+
+# --- cli ---
+
+
+class _ParseFailed(Exception):
+    pass
+
+
+def _parse_error(tmp_path, *args: str, config: str = "") -> str:
+    """The text of the ArgumentError a LightningCLI parser raises for these arguments (and this config file), with
+    the settings BatchSizeCLI parses with: no abbreviations, and the history's mode linked to early stopping's."""
+    from jsonargparse import ArgumentError
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.cli import LightningCLI
+
+    from batchsize_lit.callbacks import RunHistory
+
+    class Parsing(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+            parser.add_lightning_class_args(RunHistory, "history")
+            parser.link_arguments("early_stopping.mode", "history.mode")
+
+        def parse_arguments(self, parser, args) -> None:
+            try:
+                super().parse_arguments(parser, args)
+            except ArgumentError as error:
+                raise _ParseFailed(str(error)) from None
+            raise AssertionError("parsed without an error")
+
+    if config:
+        (tmp_path / "given.yaml").write_text(config)
+        args = ("--config", str(tmp_path / "given.yaml"), *args)
+    with pytest.raises(_ParseFailed) as failed:
+        Parsing(BoringModel, args=["fit", *args], parser_kwargs={"exit_on_error": False, "allow_abbrev": False})
+    return str(failed.value)
+
+
+def test_an_unknown_flag_is_named_as_unrecognized_arguments(tmp_path):
+    message = _parse_error(tmp_path, "--trainer.max_epoch=1")
+    assert compat.UNRECOGNIZED_ARGUMENT.search(message).group(1) == "trainer.max_epoch"
+
+
+def test_an_unknown_key_of_a_config_file_is_named_as_an_option_not_accepted(tmp_path):
+    message = _parse_error(tmp_path, config="trainr:\n  max_epochs: 3\n")
+    assert compat.UNACCEPTED_OPTION.search(message).group(1) == "trainr.max_epochs"
+
+
+def test_a_bad_value_of_a_linked_key_is_named_by_the_link_s_target(tmp_path):
+    message = _parse_error(tmp_path, "--early_stopping.mode=maxx")
+    assert compat.LINKED_HISTORY_KEY.match(message).group(1) == "mode"
+
+
+def test_lightning_s_device_errors_have_the_device_words_and_others_not():
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    with pytest.raises(MisconfigurationException) as devices:
+        Trainer(accelerator="cpu", devices=0, logger=False)
+    with pytest.raises(MisconfigurationException) as epochs:
+        Trainer(max_epochs=-2, logger=False)
+    assert compat.DEVICE_ERROR.search(str(devices.value))
+    assert not compat.DEVICE_ERROR.search(str(epochs.value))
+
+
+def test_save_hyperparameters_without_the_logger_is_seen(tmp_path):
+    class Quiet(BoringModel):
+        def __init__(self, width: int = 3) -> None:
+            super().__init__()
+            self.save_hyperparameters(logger=False)
+
+    class Logged(Quiet):
+        def __init__(self, width: int = 3) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    assert compat.logs_hyperparameters(Quiet()) is False
+    assert compat.logs_hyperparameters(Logged()) is True
+
+
+def test_lightning_cli_makes_the_subcommand_parsers_after_the_main_one_in_order():
+    from lightning.pytorch.cli import LightningCLI
+
+    class Recording(LightningCLI):
+        made: ClassVar[list] = []
+
+        def init_parser(self, **kwargs):
+            parser = super().init_parser(**kwargs)
+            self.made.append(parser)
+            return parser
+
+        def parse_arguments(self, parser, args) -> None:
+            raise _ParseFailed
+
+    with pytest.raises(_ParseFailed):
+        Recording(BoringModel, args=["fit"])
+    parsers = compat.subcommand_parsers(Recording.made, list(Recording.subcommands()))
+    # Lightning describes each subcommand's parser with the Trainer method's docstring, which tells them apart.
+    assert list(parsers) == ["fit", "validate", "test", "predict"]
+    for name, parser in parsers.items():
+        assert parser.description.startswith(getattr(Trainer, name).__doc__.strip().splitlines()[0].strip())
+
+
+def test_attached_trainer_is_none_until_a_trainer_runs_the_model(tmp_path):
+    model = BoringModel()
+    assert compat.attached_trainer(model) is None
+    with pytest.raises(RuntimeError):
+        model.trainer  # noqa: B018  (the public property raises: the reason for attached_trainer)
+    trainer = Trainer(default_root_dir=tmp_path, max_steps=1, logger=False, enable_progress_bar=False)
+    trainer.fit(model)
+    assert compat.attached_trainer(model) is trainer

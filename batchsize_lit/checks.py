@@ -1,0 +1,104 @@
+"""The template's own checks of a command's config, data and hyperparameters, each bad input one line."""
+
+from typing import Any
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from batchsize_lit import compat
+from batchsize_lit.errors import BadInput
+from batchsize_lit.runs import check_checkpoint
+
+# The ckpt_path values Lightning resolves itself (best, hpc, registry) or the CLI resolves (last): no file to check.
+NAMED_CHECKPOINTS = ("best", "last", "hpc", "registry")
+
+
+def check_given_checkpoint(config: Namespace) -> None:
+    """A clear error for a ckpt_path file that is missing or unreadable, before Lightning reads hyperparameters from
+    it.
+
+    Args:
+        config: The subcommand's config.
+    """
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path and ckpt_path not in NAMED_CHECKPOINTS:
+        check_checkpoint(ckpt_path, weights_only=config.get("weights_only") is not False)
+
+
+def require_checkpointing(trainer_config: Namespace) -> None:
+    """Reject trainer.enable_checkpointing=false: the template always has its checkpoint callback.
+
+    Args:
+        trainer_config: The config's trainer section.
+    """
+    if trainer_config.get("enable_checkpointing") is False:
+        raise BadInput(
+            "trainer.enable_checkpointing=false: this template always has its checkpoint callback; write no "
+            "checkpoint with --checkpoint.save_top_k 0 --checkpoint.save_last false"
+        )
+
+
+def checkpoint_follows_early_stopping(config: Namespace, given: set[str]) -> None:
+    """The best checkpoint is picked by early stopping's monitor and mode, unless checkpoint.monitor is given.
+
+    Args:
+        config: The subcommand's config, changed in place.
+        given: The keys the command line sets (config_args.given_keys).
+    """
+    stopping, checkpoint = config.get("early_stopping"), config.get("checkpoint")
+    if stopping and checkpoint and "checkpoint.monitor" not in given and stopping.monitor != checkpoint.monitor:
+        checkpoint.monitor, checkpoint.mode = stopping.monitor, stopping.get("mode", "min")
+
+
+def require_data(
+    subcommand: str | None, stage: str, datamodule: LightningDataModule | None, model: LightningModule | None
+) -> None:
+    """A clear error where neither the data module nor the model gives this stage any data.
+
+    Args:
+        subcommand: The subcommand, named in the error.
+        stage: ``val``, ``test`` or ``predict``.
+        datamodule: The data module, if any.
+        model: The model.
+    """
+    parts = [part for part in (datamodule, model) if part is not None]
+    if not any(is_overridden(f"{stage}_dataloader", part) for part in parts):
+        name = type(datamodule or model).__name__
+        raise BadInput(f"{subcommand}: {name} gives no {stage} data: no {stage}_dataloader, or an empty split")
+
+
+def check_shared_hparams(trainer: Trainer, model: LightningModule | None, datamodule: Any) -> None:
+    """Lightning logs the model's and the data's hyperparameters together, and fails on a name they share with two
+    values, after the run folder is made; here that is one line before anything runs.
+
+    Args:
+        trainer: The trainer: with no logger nothing is logged.
+        model: The model.
+        datamodule: The data module, if any.
+    """
+    if not trainer.loggers or datamodule is None or model is None:
+        return
+    if not (compat.logs_hyperparameters(model) and compat.logs_hyperparameters(datamodule)):
+        return  # save_hyperparameters(logger=False): Lightning does not merge them
+    ours, data = model.hparams_initial, getattr(datamodule, "hparams_initial", {})
+    shared = [key for key in ours if key in data and key != "_class_path"]  # LightningCLI's own: skipped
+    clash = [key for key in shared if differ(ours[key], data[key])]
+    if clash:
+        pairs = ", ".join(f"model.{key}={ours[key]!r} and data.{key}={data[key]!r}" for key in clash)
+        raise BadInput(f"{pairs}: the model's and the data's hyperparameters are logged together, so a name they "
+                       "share needs one value")  # fmt: skip
+
+
+def differ(a: Any, b: Any) -> bool:
+    """Whether Lightning counts two values of one hyperparameter name as different: another type, another tensor
+    object, or unequal.
+
+    Args:
+        a: The model's value.
+        b: The data module's value.
+    """
+    if type(a) is not type(b):
+        return True
+    return a is not b if isinstance(a, torch.Tensor) else bool(a != b)
