@@ -1,13 +1,13 @@
 """`study`: a grid of fits, each parsed by the same LightningCLI, then a results table and plots."""
 
 import inspect
-import re
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 
+from batchsize_lit.compat import unknown_key
 from batchsize_lit.config_args import config_stem
 from batchsize_lit.errors import config_file_problem, config_with_keys, did_you_mean
 from batchsize_lit.study import executors
@@ -172,10 +172,10 @@ def parse(argv: list[str]) -> Namespace:
         if fit:
             hint = "run it with batchsize-lit fit, or give its keys as a study's base"
             raise ArgumentError(None, f"--config {fit} is a fit config: {hint}") from None
-        unknown = re.search(r"Option '([\w.]+)' is not accepted|unrecognized arguments: --([\w.]+)", text)
+        unknown = unknown_key(text)
         if unknown:
-            name = (unknown.group(1) or unknown.group(2)).split(".")[0]
-            hint = did_you_mean(name, parser.get_defaults().keys(), prefix="" if unknown.group(1) else "--")
+            name = unknown.removeprefix("--").split(".")[0]
+            hint = did_you_mean(name, parser.get_defaults().keys(), prefix="--" if unknown.startswith("--") else "")
             raise ArgumentError(None, f"{text}{hint}") from None
         raise
 
