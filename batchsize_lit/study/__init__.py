@@ -113,10 +113,10 @@ def run_study(
 
 
 class _Built(BaseException):  # not an Exception: BatchSizeCLI turns those into bad input or faults
-    """Carries the fit parser out of FitParser, built and not used."""
+    """Carries the fit parser out of _FitParser, built and not used."""
 
 
-class FitParser(BatchSizeCLI):
+class _FitParser(BatchSizeCLI):
     """BatchSizeCLI building the parser of its fit subcommand alone, and stopping before it parses anything."""
 
     @staticmethod
@@ -132,10 +132,11 @@ def fit_keys(study_keys: frozenset[str]) -> frozenset[str]:
     """The top-level keys of a fit config, as ``batchsize-lit fit`` parses it, that a study config does not have:
     a study config holds them under base. Built on demand (about 0.2 s), when a study config fails to parse."""
     try:
-        FitParser(args=[])
+        _FitParser(args=[])
     except _Built as built:
-        keys = built.args[0].get_defaults().keys()
-    return frozenset(key.split(".")[0] for key in keys) - study_keys
+        keys = built.args[0].get_defaults().keys()  # a Namespace: its dotted keys
+        return frozenset(key.split(".")[0] for key in keys) - study_keys
+    raise RuntimeError("LightningCLI no longer parses in __init__: the fit parser could not be read")
 
 
 class Progress:
