@@ -112,10 +112,6 @@ def set_event_writer_error(thread: threading.Thread, error: BaseException) -> No
 
 # --- cli ---
 
-# argparse's error, through jsonargparse, for a flag no parser knows: "unrecognized arguments: --trainer.max_epoch=1".
-UNRECOGNIZED_ARGUMENT = re.compile(r"unrecognized arguments: --([\w.]+)")
-# jsonargparse's error for a key in a config file that no parser has: "... does not accept option 'trainr.epochs'".
-UNACCEPTED_OPTION = re.compile(r"does not accept option '([\w.]+)'")
 # jsonargparse's error for a bad value of a linked key names the target of the link: history.monitor, history.mode.
 LINKED_HISTORY_KEY = re.compile(r'Parser key "history\.(monitor|mode)"')
 # The words of Lightning's MisconfigurationException texts on the accelerator and devices flags, which name neither
@@ -140,3 +136,66 @@ def attached_trainer(module: pl.LightningModule) -> Trainer | None:
     """The Trainer a LightningModule is attached to, or None. Reason: the public ``trainer`` property raises when
     there is none; Lightning keeps it in the private attribute _trainer."""
     return module._trainer
+
+
+# --- jsonargparse messages ---
+# jsonargparse (and argparse, which it extends) report bad input in words only: errors.py and the study read the
+# key, the value and the reason from those words, as the installed release writes them (whitespace collapsed to
+# single spaces). No release documents them; tests/test_compat.py provokes each one.
+
+# A value that is not a readable path, where a path is one of the types accepted: the prefix to drop.
+PATH_UNREADABLE = re.compile(r'^(Parser key "\w+": )- Expected a path but .+? either not accessible or invalid - ')
+# A failed Union of a class and None: the key, and what the class itself said.
+CLASS_UNION_FAILED = re.compile(
+    r'(?:Parser key "(\w+)": )?Does not validate against any of the Union subtypes.*?Errors: - (.*?)'
+    r" - Expected a <class 'NoneType'>"
+)
+# The types a failed Union listed, each as Python writes a class: <class 'int'>.
+UNION_SUBTYPES = re.compile(r"Subtypes: \[([^\]]*)\]")
+# A list of UNION_SUBTYPES that holds plain types only.
+PLAIN_SUBTYPES = re.compile(r"(<class '(builtins\.)?(str|int|float|bool|NoneType|pathlib\.Path)'>(, )?)+")
+# A failed Union of plain types: the key, the types and the value given.
+PLAIN_UNION_FAILED = re.compile(
+    r'Parser key "([\w.]+)": Does not validate against any of the Union subtypes Subtypes: \[(.*?)\] Errors: .*'
+    r"Given value: (.*)$"
+)
+# One type of UNION_SUBTYPES: its name.
+SUBTYPE_NAME = re.compile(r"<class '(?:\w+\.)*(\w+)'>")
+# A class_path that is not a string (null, a number): jsonargparse's `in` test on it fails.
+CLASS_PATH_NOT_A_STRING = re.compile(r"argument of type '(\w+)' is not iterable")
+# A class named by class_path that cannot be imported or rejects its init_args: the class_path and the reason.
+CLASS_PATH_PROBLEM = re.compile(r"Problem with given class_path '([\w.]+)': (.*)")
+# The key a message starts by naming.
+PARSER_KEY = re.compile(r'^Parser key "([^"]+)"')
+# A class_path (given as a string) that imports a class of another kind: the base class expected.
+NOT_A_SUBCLASS = re.compile(r"Import path does not correspond to a subclass of (\w+)")
+# The value given, at the end of a failed Union's message.
+GIVEN_VALUE = re.compile(r"Given value: (.+)$")
+# A value that names no class at all: a word, a number; the base class when jsonargparse names it.
+NOT_A_CLASS_PATH = re.compile(r"Expected a dot import path string|Not a valid subclass of (\w+)")
+# A --config that is not keys and values: YAML that does not load, or a list or a number.
+CONFIG_NOT_READ = re.compile("Problems parsing config|Unexpected config")
+# A key no parser accepts: in a config or a class's init_args (1), under a subcommand or a group (2), or on the
+# command line (3).
+UNKNOWN_KEY = re.compile(
+    r"Option '([\w.]+)' is not accepted|does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)"
+)
+_GIVEN_CLASS = re.compile(r"Given value: Namespace\(class_path='([\w.]+)', init_args=Namespace\((.*)\)\)")
+
+
+def unknown_key(message: str) -> str | None:
+    """The key an unknown-key error names: ``--name`` for one given on the command line, ``name`` (dotted where
+    nested) for one in a config; None for any other error."""
+    found = UNKNOWN_KEY.search(message)
+    if found is None:
+        return None
+    return f"--{found.group(3)}" if found.group(3) else found.group(1) or found.group(2)
+
+
+def null_init_args(message: str) -> tuple[str, list[str]] | None:
+    """For a class that failed in its own ``__init__``, the class_path and the init_args given as None, as the
+    message's ``Given value: Namespace(...)`` shows them; None where the message shows no such value."""
+    given = _GIVEN_CLASS.search(message)
+    if given is None:
+        return None
+    return given.group(1), re.findall(r"(\w+)=None\b", given.group(2))

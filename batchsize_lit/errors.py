@@ -16,6 +16,7 @@ from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from batchsize_lit import compat
 from batchsize_lit.signals import SIGTERM_STATUS, WATCH, Terminated
 
 
@@ -88,62 +89,65 @@ def one_line(error: BaseException) -> str:
     """The error as one line. A class-typed key (model, data) fails in jsonargparse as a Union of the class and
     None; only what the class itself said is kept, under its key."""
     text = " ".join(str(error).split())
-    text = re.sub(r'^(Parser key "\w+": )- Expected a path but .+? either not accessible or invalid - ', r"\1", text)
-    union = re.match(
-        r'(?:Parser key "(\w+)": )?Does not validate against any of the Union subtypes.*?Errors: - (.*?)'
-        r" - Expected a <class 'NoneType'>",
-        text,
-    )
-    subtypes = re.search(r"Subtypes: \[([^\]]*)\]", text)
-    plain = subtypes and re.fullmatch(
-        r"(<class '(builtins\.)?(str|int|float|bool|NoneType|pathlib\.Path)'>(, )?)+", subtypes.group(1)
-    )
+    text = compat.PATH_UNREADABLE.sub(r"\1", text)
+    union = compat.CLASS_UNION_FAILED.match(text)
+    subtypes = compat.UNION_SUBTYPES.search(text)
+    plain = subtypes and compat.PLAIN_SUBTYPES.fullmatch(subtypes.group(1))
     if not union or plain:  # a Union of plain types: str, Path, None
         return _plain_union(text)
     group, inner = union.group(1) or "", union.group(2)
+    given = compat.GIVEN_VALUE.search(text)
     if group and not inner.strip():  # jsonargparse gave no reason (a class_path it cannot read, such as '..')
-        inner = f"expected the import path of a class, package.module.Name ({text[text.find('Given value:') :]})"
-    not_a_string = re.fullmatch(r"argument of type '(\w+)' is not iterable", inner)
+        inner = f"expected the import path of a class, package.module.Name ({given.group(0) if given else text})"
+    not_a_string = compat.CLASS_PATH_NOT_A_STRING.fullmatch(inner)
     if group and not_a_string:  # class_path: null, or a number
         inner = f"class_path must be an import path, package.module.Name (got {not_a_string.group(1)})"
-    class_path = re.match(r"Problem with given class_path '([\w.]+)': (.*)", inner)
+    class_path = compat.CLASS_PATH_PROBLEM.match(inner)
     if class_path:
         inner = class_path.group(2)
-        inner = re.sub(r'^Parser key "([^"]+)"', lambda m: f'Parser key "{group}.{m.group(1)}"', inner)
-        unknown = re.match(r"Option '(\w+)' is not accepted", inner)
-        if unknown:
+        inner = compat.PARSER_KEY.sub(lambda m: f'Parser key "{group}.{m.group(1)}"', inner)
+        unknown = compat.UNKNOWN_KEY.match(inner)
+        name = unknown.group(1) if unknown else None
+        if name and "." not in name:  # a key of the class's own; a nested one is left as jsonargparse words it
             known = inspect.signature(import_class(class_path.group(1))).parameters
-            inner = f"unknown key {group}.{unknown.group(1)}{did_you_mean(unknown.group(1), known)}"
-        elif not inner.startswith("Parser key"):  # the class cannot be imported
+            inner = f"unknown key {group}.{name}{did_you_mean(name, known)}"
+        elif not compat.PARSER_KEY.match(inner):  # the class cannot be imported
             inner = f"{group or 'class_path'}={class_path.group(1)!r}: {inner}"
-    if "NoneType" in inner and not inner.startswith(("Parser key", "unknown key")):
+    if "NoneType" in inner and not (compat.PARSER_KEY.match(inner) or inner.startswith("unknown key")):
         base = "data" if "LightningDataModule" in text else "model" if "LightningModule" in text else "class"
         inner = _null_init_arg(group or base, text, inner)
-    subclass = re.match(r"Import path does not correspond to a subclass of (\w+)", inner)
-    given = re.search(r"Given value: (.+)$", text)
+    subclass = compat.NOT_A_SUBCLASS.match(inner)
     value = given and _cut(given.group(1))
     if subclass and value:
         inner = f"{group or 'class_path'}={value!r} is not a {subclass.group(1)}"
-    not_a_class = re.match(r"Expected a dot import path string|Not a valid subclass of (\w+)", inner)
+    not_a_class = compat.NOT_A_CLASS_PATH.match(inner)
     if not_a_class and value:
         base = not_a_class.group(1) or {"model": "LightningModule", "data": "LightningDataModule"}.get(group, "class")
         inner = f"{group or 'class_path'}={value!r}: expected the import path of a {base}, package.module.Name"
-    if group and not re.match(rf"(Parser key \"|unknown key )?{group}\b", inner):  # every line names its key
+    if group and not _names_key(inner, group):  # every line names its key
         inner = f"{group}: {inner}"
     return inner
+
+
+def _names_key(inner: str, group: str) -> bool:
+    """Whether the line starts by naming a key of the group: ``Parser key "model.lr"``, ``unknown key model.x``."""
+    parser_key = compat.PARSER_KEY.match(inner)
+    named = parser_key.group(1) if parser_key else inner.removeprefix("unknown key ")
+    return re.match(rf"{group}\b", named) is not None
 
 
 def _null_init_arg(group: str, text: str, inner: str) -> str:
     """A class given null for an argument that has no null default fails inside its __init__ on None, in words
     that name no key: the key is named, from the given init_args that are None."""
-    given = re.search(r"Given value: Namespace\(class_path='([\w.]+)', init_args=Namespace\((.*)\)\)", text)
+    given = compat.null_init_args(text)
     if not given:
         return inner
+    class_path, none_keys = given
     try:
-        parameters = inspect.signature(import_class(given.group(1))).parameters
+        parameters = inspect.signature(import_class(class_path)).parameters
     except (ImportError, AttributeError, ValueError, TypeError):
         return inner
-    nulls = [key for key in re.findall(r"(\w+)=None\b", given.group(2)) if key in parameters]
+    nulls = [key for key in none_keys if key in parameters]
     nulls = [key for key in nulls if parameters[key].default is not None]
     return f"{', '.join(f'{group}.{key}=null' for key in nulls)}: {inner}" if nulls else inner
 
@@ -155,14 +159,10 @@ def _cut(value: str, width: int = 60) -> str:
 
 def _plain_union(text: str) -> str:
     """jsonargparse's dump of a failed Union of plain types, as ``key='value': expected int or null``."""
-    union = re.match(
-        r'Parser key "([\w.]+)": Does not validate against any of the Union subtypes Subtypes: \[(.*?)\] Errors: .*'
-        r"Given value: (.*)$",
-        text,
-    )
+    union = compat.PLAIN_UNION_FAILED.match(text)
     if not union:
         return text
-    names = [re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", name) for name in union.group(2).split(", ")]
+    names = [compat.SUBTYPE_NAME.sub(r"\1", name) for name in union.group(2).split(", ")]
     expected = " or ".join("null" if name == "NoneType" else name for name in names)
     return f"{union.group(1)}={union.group(3)!r}: expected {expected}"
 
@@ -197,7 +197,7 @@ def config_files(args: Any) -> Iterator[tuple[str, Any, yaml.YAMLError | None]]:
 def config_file_problem(error: ArgumentError, args: Any) -> str | None:
     """For jsonargparse's error on a --config file, that file named and what is wrong with it: not valid YAML (and
     where), empty, or not keys and values. None for any other error."""
-    if not re.search("Problems parsing config|Unexpected config", str(error)):
+    if not compat.CONFIG_NOT_READ.search(str(error)):
         return None
     for path, loaded, yaml_error in config_files(args):
         if yaml_error is not None:

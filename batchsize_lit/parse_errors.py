@@ -9,9 +9,6 @@ from lightning.pytorch.cli import LightningArgumentParser
 from batchsize_lit import compat
 from batchsize_lit.errors import config_file_problem, config_with_keys, did_you_mean
 
-# How jsonargparse names an unknown key: a flag on the command line, or a key of a config file or of a group.
-UNKNOWN_KEY = (compat.UNRECOGNIZED_ARGUMENT, compat.UNACCEPTED_OPTION)
-
 
 def explain(error: ArgumentError, args: Any, parsers: Iterable[LightningArgumentParser]) -> NoReturn:
     """Raise the parse error with the bad YAML file named, or a suggestion for an unknown key.
@@ -46,9 +43,9 @@ def unknown_key_hint(message: str, parsers: Iterable[LightningArgumentParser]) -
         message: The parse error's text.
         parsers: The parsers whose keys are the candidates.
     """
-    found = [match for pattern in UNKNOWN_KEY if (match := pattern.search(message))]
-    if not found:
+    key = compat.unknown_key(message)
+    if key is None:
         return ""
-    first = min(found, key=lambda match: match.start())
     known = {key for parser in parsers for key in parser.get_defaults().keys()}  # noqa: SIM118
-    return did_you_mean(first.group(1), known, prefix="--" if first.re is compat.UNRECOGNIZED_ARGUMENT else "")
+    flag = key.startswith("--")
+    return did_you_mean(key.removeprefix("--"), known, prefix="--" if flag else "")

@@ -27,6 +27,57 @@ class _Pass:
     paused: float = 0.0  # seconds of validation inside this training epoch, left out of its speed
 
 
+class TerminalLine:
+    """Where a progress bar writes: in a terminal, one line redrawn in place with a carriage return and cut to the
+    terminal's width; anywhere else, whole lines only."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream
+        self.tty = False  # this run redraws a line in place
+        self.width = 0  # characters of the open line; 0 when none is open
+        self.columns = 80
+
+    @property
+    def stream(self) -> IO[str]:
+        return self._stream if self._stream is not None else sys.stdout
+
+    def start(self, live: bool | None) -> None:
+        """At the start of each run: redraw in place (live; null decides by stream.isatty()), and the width."""
+        self.tty = live if live is not None else _isatty(self.stream)
+        self.columns = shutil.get_terminal_size().columns
+
+    def redraw(self, *parts: str) -> None:
+        """Draw the open line over the last one, cut to the terminal's width."""
+        line = _join(parts)[: max(self.columns - 1, 20)]
+        self.write("\r" + line.ljust(self.width))
+        self.width = len(line)
+
+    def end(self, *parts: str) -> None:
+        """A finished line: over the open one in a terminal, else a plain line."""
+        line = _join(parts)
+        self.write(("\r" + line.ljust(self.width) if self.tty else line) + "\n")
+        self.width = 0
+
+    def clear(self) -> bool:
+        """Blank the open line, so that other output starts on a clean line; whether one was open."""
+        if not self.width:
+            return False
+        self.write("\r" + " " * self.width + "\r")
+        self.width = 0
+        return True
+
+    def close(self) -> None:
+        """End the open line where it stands."""
+        if self.width:
+            self.write("\n")
+            self.width = 0
+
+    def write(self, text: str) -> None:
+        stream = self.stream
+        stream.write(text)
+        stream.flush()
+
+
 class ThrottledProgressBar(ProgressBar):
     """A progress bar whose cost does not grow with the step rate.
 
@@ -64,26 +115,24 @@ class ThrottledProgressBar(ProgressBar):
         self.refresh_seconds = refresh_seconds
         self.live = live
         self.metrics = tuple(metrics)
-        self._stream = stream
+        self._line = TerminalLine(stream)
         self._enabled = True
-        self._tty = False  # this run redraws a line in place
+        self._rank_zero = True  # global rank zero, as the trainer of the last setup says; only it writes
         self._live = False  # redraws on now: enabled, rank zero and a terminal; read once a step
         self._monitored: tuple[str, ...] = ()
         self._train: _Pass | None = None
         self._eval: _Pass | None = None
         self._outputs: Any = None  # the last training_step output; its loss is read only when drawn
         self._next_draw = 0.0
-        self._width = 0  # characters of the open terminal line; 0 when none is open
-        self._columns = 80
         self._shown = ""  # the metrics of the last train redraw, kept on the line while validating
 
     @property
     def stream(self) -> IO[str]:
-        return self._stream if self._stream is not None else sys.stdout
+        return self._line.stream
 
     @property
     def is_enabled(self) -> bool:
-        return self._enabled and (self._trainer is None or self._trainer.is_global_zero)
+        return self._enabled and self._rank_zero
 
     @property
     def is_disabled(self) -> bool:
@@ -95,21 +144,20 @@ class ThrottledProgressBar(ProgressBar):
 
     def enable(self) -> None:
         self._enabled = True
-        self._live = self._tty and self.is_enabled
+        self._live = self._line.tty and self.is_enabled
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """Print above the live line, which comes back at the next redraw."""
-        if self._width:
-            self._write("\r" + " " * self._width + "\r")
-            self._width, self._next_draw = 0, 0.0
+        if self._line.clear():
+            self._next_draw = 0.0
         kwargs.setdefault("file", self.stream)
         print(*args, **kwargs)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._tty = self.live if self.live is not None else _isatty(self.stream)
-        self._live = self._tty and self.is_enabled
-        self._columns = shutil.get_terminal_size().columns
+        self._rank_zero = trainer.is_global_zero
+        self._line.start(self.live)
+        self._live = self._line.tty and self.is_enabled
         self._monitored = tuple(
             callback.monitor for callback in trainer.callbacks if isinstance(getattr(callback, "monitor", None), str)
         )
@@ -118,6 +166,8 @@ class ThrottledProgressBar(ProgressBar):
         """The last step's train loss (returned by training_step, else as the model logs it), the progress-bar
         metrics, and the logged ones of metrics and monitors."""
         items: dict[str, Any] = {}
+        # merge: the loss as the model computed it, or as it logs it, is read the same way in callbacks.py; call
+        # outputs.py's one function for it (unscaled_loss) here once it is there.
         loss = step_loss(self._outputs, accumulation_scale(trainer, pl_module))
         if loss is None and (logged := logged_train_loss(trainer)) is not None:  # training_step returned none
             loss = logged[1]
@@ -151,20 +201,21 @@ class ThrottledProgressBar(ProgressBar):
             self._outputs = outputs
         if self._live and time.monotonic() >= self._next_draw:
             self._shown = _format(self.get_metrics(trainer, pl_module))
-            self._redraw(_epoch(trainer), f"train {_of(train.index, train.total)}", _speed(train), self._shown)
+            self._line.redraw(_epoch(trainer), f"train {_of(train.index, train.total)}", _speed(train), self._shown)
+            self._next_draw = time.monotonic() + self.refresh_seconds
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Every rank reads the metrics here, so a sync_dist metric's epoch reduction runs on all ranks at once.
         metrics = _format(self.get_metrics(trainer, pl_module))
         if self.is_enabled and self._train is not None:
             train = self._train
-            self._end_line(_epoch(trainer), f"{train.done} batches", _speed(train), metrics)
+            self._line.end(_epoch(trainer), f"{train.done} batches", _speed(train), metrics)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._close_line()
+        self._line.close()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._close_line()
+        self._line.close()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -182,7 +233,17 @@ class ThrottledProgressBar(ProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._eval_batch_end(trainer)
+        run = self._eval
+        if run is None:
+            return
+        run.done += 1
+        if self._live and time.monotonic() >= self._next_draw:
+            fit = trainer.state.fn == "fit"  # validating inside fit: the epoch's line keeps its train metrics
+            where, shown = (_epoch(trainer), self._shown) if fit else ("", "")
+            self._line.redraw(where, f"{run.stage} {_of(run.done, run.total)}", _speed(run), shown)
+            self._next_draw = time.monotonic() + self.refresh_seconds
+
+    on_test_batch_end = on_predict_batch_end = on_validation_batch_end  # every evaluation loop counts alike
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._eval is None:
@@ -197,82 +258,31 @@ class ThrottledProgressBar(ProgressBar):
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start_eval("test", _sum(trainer.num_test_batches))
 
-    def on_test_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._eval_batch_end(trainer)
-
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end_eval(trainer)
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start_eval("predict", _sum(trainer.num_predict_batches))
 
-    def on_predict_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._eval_batch_end(trainer)
-
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._end_eval(trainer)
+    on_predict_end = on_test_end
 
     def _start_eval(self, stage: str, total: float) -> None:
         self._eval = _Pass(stage, total, time.monotonic())
         self._next_draw = self._eval.started + self.refresh_seconds
 
-    def _eval_batch_end(self, trainer: pl.Trainer) -> None:
-        run = self._eval
-        if run is None:
-            return
-        run.done += 1
-        if self._live and time.monotonic() >= self._next_draw:
-            fit = trainer.state.fn == "fit"  # validating inside fit: the epoch's line keeps its train metrics
-            where, shown = (_epoch(trainer), self._shown) if fit else ("", "")
-            self._redraw(where, f"{run.stage} {_of(run.done, run.total)}", _speed(run), shown)
-
     def _end_eval(self, trainer: pl.Trainer) -> None:
         """The line of a validate, test or predict run; predict prints one in a terminal only."""
         run, self._eval = self._eval, None
-        if run is None or not self.is_enabled or (run.stage == "predict" and not self._tty):
+        if run is None or not self.is_enabled or (run.stage == "predict" and not self._line.tty):
             return
-        logged = {} if run.stage == "predict" else trainer.callback_metrics
-        metrics = _format({name: _scalar(value) for name, value in logged.items()})
-        self._end_line(f"{run.stage}: {run.done} batches", _speed(run), metrics)
+        self._line.end(*_eval_line(run, trainer))
 
-    def _redraw(self, *parts: str) -> None:
-        """Draw the live line over the last one, cut to the terminal's width, and set the next redraw's time."""
-        line = _join(parts)[: max(self._columns - 1, 20)]
-        self._write("\r" + line.ljust(self._width))
-        self._width = len(line)
-        self._next_draw = time.monotonic() + self.refresh_seconds
 
-    def _end_line(self, *parts: str) -> None:
-        """A finished line: over the live one in a terminal, else a plain line."""
-        line = _join(parts)
-        self._write(("\r" + line.ljust(self._width) if self._tty else line) + "\n")
-        self._width = 0
-
-    def _close_line(self) -> None:
-        if self._width:
-            self._write("\n")
-            self._width = 0
-
-    def _write(self, text: str) -> None:
-        stream = self.stream
-        stream.write(text)
-        stream.flush()
+def _eval_line(run: _Pass, trainer: pl.Trainer) -> tuple[str, ...]:
+    """The parts of a finished validate, test or predict run's line: its batches, speed and logged metrics."""
+    logged = {} if run.stage == "predict" else trainer.callback_metrics
+    metrics = _format({name: _scalar(value) for name, value in logged.items()})
+    return f"{run.stage}: {run.done} batches", _speed(run), metrics
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -5,6 +5,7 @@ import warnings
 from typing import ClassVar
 
 import pytest
+from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -210,14 +211,9 @@ def _parse_error(tmp_path, *args: str, config: str = "") -> str:
     return str(failed.value)
 
 
-def test_an_unknown_flag_is_named_as_unrecognized_arguments(tmp_path):
-    message = _parse_error(tmp_path, "--trainer.max_epoch=1")
-    assert compat.UNRECOGNIZED_ARGUMENT.search(message).group(1) == "trainer.max_epoch"
-
-
-def test_an_unknown_key_of_a_config_file_is_named_as_an_option_not_accepted(tmp_path):
-    message = _parse_error(tmp_path, config="trainr:\n  max_epochs: 3\n")
-    assert compat.UNACCEPTED_OPTION.search(message).group(1) == "trainr.max_epochs"
+def test_an_unknown_flag_or_config_key_of_a_lightning_cli_is_named(tmp_path):
+    assert compat.unknown_key(_parse_error(tmp_path, "--trainer.max_epoch=1")) == "--trainer.max_epoch"
+    assert compat.unknown_key(_parse_error(tmp_path, config="trainr:\n  max_epochs: 3\n")) == "trainr.max_epochs"
 
 
 def test_a_bad_value_of_a_linked_key_is_named_by_the_link_s_target(tmp_path):
@@ -282,3 +278,119 @@ def test_attached_trainer_is_none_until_a_trainer_runs_the_model(tmp_path):
     trainer = Trainer(default_root_dir=tmp_path, max_steps=1, logger=False, enable_progress_bar=False)
     trainer.fit(model)
     assert compat.attached_trainer(model) is trainer
+
+
+# --- jsonargparse messages ---
+
+
+def _fit_error(*args: str, run: bool = False) -> str:
+    """jsonargparse's error for a command line, with whitespace collapsed as errors.one_line reads it."""
+    from batchsize_lit.cli import BatchSizeCLI
+
+    with pytest.raises((ArgumentError, ValueError)) as caught:  # a class's own check raises a ValueError
+        BatchSizeCLI(args=list(args), run=run)
+    return compat.PATH_UNREADABLE.sub(r"\1", " ".join(str(caught.value).split()))
+
+
+def _class_error(*args: str) -> str:
+    """What the class of a class-typed key (model, data) said, inside jsonargparse's Union error."""
+    return compat.CLASS_UNION_FAILED.match(_fit_error(*args)).group(2)
+
+
+def test_jsonargparse_s_path_prefix_is_still_dropped(workdir):
+    from batchsize_lit.cli import BatchSizeCLI
+
+    with pytest.raises(ArgumentError) as caught:
+        BatchSizeCLI(args=["--model=torch.nn.Linear"], run=False)
+    found = compat.PATH_UNREADABLE.match(" ".join(str(caught.value).split()))
+    assert found and found.group(1) == 'Parser key "model": '
+
+
+def test_jsonargparse_s_class_union_error_names_the_key_and_the_class_s_reason(workdir):
+    found = compat.CLASS_UNION_FAILED.match(_fit_error("--model=batchsize_lit.NoSuch"))
+    assert found.groups() == ("model", "Problem with given class_path 'batchsize_lit.NoSuch': module 'batchsize_lit' "
+                                       "has no attribute 'NoSuch'")  # fmt: skip
+
+
+def test_jsonargparse_s_union_error_lists_its_subtypes(workdir):
+    found = compat.UNION_SUBTYPES.search(_fit_error("--trainer.max_epochs=abc"))
+    assert found.group(1) == "<class 'int'>, <class 'NoneType'>"
+
+
+def test_jsonargparse_s_plain_subtypes_are_told_from_a_class(workdir):
+    plain = compat.UNION_SUBTYPES.search(_fit_error("--trainer.max_epochs=abc")).group(1)
+    of_a_class = compat.UNION_SUBTYPES.search(_fit_error("--model=batchsize_lit.NoSuch")).group(1)
+    assert compat.PLAIN_SUBTYPES.fullmatch(plain) and not compat.PLAIN_SUBTYPES.fullmatch(of_a_class)
+
+
+def test_jsonargparse_s_plain_union_error_names_key_types_and_value(workdir):
+    found = compat.PLAIN_UNION_FAILED.match(_fit_error("--trainer.max_epochs=abc"))
+    assert found.groups() == ("trainer.max_epochs", "<class 'int'>, <class 'NoneType'>", "abc")
+
+
+def test_jsonargparse_s_subtypes_give_their_names(workdir):
+    subtypes = compat.PLAIN_UNION_FAILED.match(_fit_error("--trainer.max_epochs=abc")).group(2)
+    assert [compat.SUBTYPE_NAME.sub(r"\1", name) for name in subtypes.split(", ")] == ["int", "NoneType"]
+
+
+def test_jsonargparse_s_error_for_a_class_path_that_is_not_a_string(workdir):
+    found = compat.CLASS_PATH_NOT_A_STRING.fullmatch(_class_error("--model.class_path=null"))
+    assert found and found.group(1) == "NoneType"
+
+
+def test_jsonargparse_s_class_path_problem_names_the_class_path_and_the_reason(workdir):
+    found = compat.CLASS_PATH_PROBLEM.match(_class_error("--model=batchsize_lit.NoSuch"))
+    assert found.groups() == ("batchsize_lit.NoSuch", "module 'batchsize_lit' has no attribute 'NoSuch'")
+
+
+def test_jsonargparse_s_errors_start_by_naming_the_key(workdir):
+    assert compat.PARSER_KEY.match(_fit_error("--trainer.max_epochs=abc")).group(1) == "trainer.max_epochs"
+    args = ("--model=batchsize_lit.LinearRegressor", "--model.init_args.lr=abc")
+    inner = compat.CLASS_PATH_PROBLEM.match(_class_error(*args)).group(2)  # the class's own parser
+    assert compat.PARSER_KEY.match(inner).group(1) == "lr"
+
+
+def test_jsonargparse_s_error_for_a_class_of_another_kind(workdir):
+    found = compat.NOT_A_SUBCLASS.match(_class_error("--model=torch.nn.Linear"))
+    assert found and found.group(1) == "LightningModule"
+
+
+def test_jsonargparse_s_union_error_ends_with_the_given_value(workdir):
+    assert compat.GIVEN_VALUE.search(_fit_error("--model=torch.nn.Linear")).group(1) == "torch.nn.Linear"
+
+
+def test_jsonargparse_s_errors_for_a_value_that_names_no_class(workdir):
+    not_a_class = compat.NOT_A_CLASS_PATH.match(_class_error("--config", "data: 5"))
+    assert not_a_class and not_a_class.group(1) == "LightningDataModule"
+    not_a_path = compat.NOT_A_CLASS_PATH.match(_class_error("--config", "model: nosuch"))
+    assert not_a_path and not_a_path.group(1) is None
+
+
+def test_jsonargparse_s_errors_for_a_config_that_is_not_keys_and_values(workdir):
+    from batchsize_lit.study import build_parser
+
+    assert compat.CONFIG_NOT_READ.search(_fit_error("--config", "[1]"))
+    (workdir / "bad.yaml").write_text("grid:\n  data.batch_size: [16\n")
+    with pytest.raises(ArgumentError) as caught:
+        build_parser().parse_args(["--config", "bad.yaml"])
+    assert compat.CONFIG_NOT_READ.search(str(caught.value))
+
+
+def test_jsonargparse_s_unknown_key_errors_name_the_key(workdir):
+    from batchsize_lit.study import build_parser
+
+    assert compat.unknown_key(_fit_error("--nosuch=1")) == "--nosuch"
+    assert compat.unknown_key(_fit_error("--config", "trainr:\n  max_epochs: 3\n")) == "trainr.max_epochs"
+    assert compat.unknown_key(_fit_error("fit", "--config", "a: 1", run=True)) == "a"  # a subcommand's config
+    with pytest.raises(ArgumentError) as caught:
+        build_parser().parse_args(["--config", "gird:\n  data.batch_size: [16]\n"])
+    assert compat.unknown_key(str(caught.value)) == "gird.data.batch_size"
+    args = ("--model=batchsize_lit.LinearRegressor", "--model.init_args.nosuch=1")
+    inner = compat.CLASS_PATH_PROBLEM.match(_class_error(*args)).group(2)  # a class's own key, as errors.py reads it
+    assert compat.UNKNOWN_KEY.match(inner).group(1) == "nosuch"
+
+
+def test_jsonargparse_s_error_for_a_class_that_failed_shows_its_init_args(workdir):
+    args = ("--model=batchsize_lit.LinearRegressor", "--data=batchsize_lit.RegressionDataModule")
+    text = _fit_error(*args, "--data.batch_size=null")
+    assert compat.null_init_args(text) == ("batchsize_lit.RegressionDataModule", ["batch_size"])

@@ -261,3 +261,14 @@ def test_with_rich_installed_the_defaults_are_still_replaced(workdir):
     kinds = {type(callback).__name__ for callback in cli.trainer.callbacks}
     assert {"ThrottledProgressBar", "BriefModelSummary"} <= kinds
     assert not kinds & {"RichProgressBar", "RichModelSummary", "TQDMProgressBar", "ModelSummary"}
+
+
+def test_a_bar_set_up_off_global_rank_zero_stays_silent():
+    bar = ThrottledProgressBar(stream=io.StringIO())
+    assert bar.is_enabled  # no trainer yet
+    bar.setup(SimpleNamespace(is_global_zero=False, callbacks=[]), None, "fit")
+    bar.enable()  # Lightning's setup disables the bar on other ranks; enabling it again does not let it write
+    assert bar.is_disabled
+    bar.setup(SimpleNamespace(is_global_zero=True, callbacks=[]), None, "fit")
+    bar.enable()
+    assert bar.is_enabled

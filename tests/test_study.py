@@ -200,3 +200,20 @@ def test_the_check_builds_one_cell_per_new_grid_value(monkeypatch):
     given = {arg for args in built for arg in args}
     assert all(f"--model.lr={lr}" in given for lr in grid["model.lr"])
     assert all(f"--data.batch_size={b}" in given for b in grid["data.batch_size"])
+
+
+def test_the_fit_keys_a_study_tells_apart_are_the_fit_cli_s_own(workdir):
+    """A config of keys that `batchsize-lit fit` accepts (weights_only, an argument of Lightning's fit) is named a
+    fit config; the study's own keys are not fit keys."""
+    from batchsize_lit.study import build_parser, fit_keys
+
+    study_keys = frozenset(build_parser().get_defaults().keys())
+    keys = fit_keys(study_keys)
+    assert {"data", "model", "trainer", "early_stopping", "ckpt_path", "weights_only"} <= keys
+    assert not keys & study_keys and "config" not in keys
+    (workdir / "given.yaml").write_text("weights_only: true\n")
+    code = run("--config", "given.yaml")
+    assert (
+        str(code) == "error: --config given.yaml is a fit config: run it with batchsize-lit fit, or give its keys "
+        "as a study's base"
+    )

@@ -1,15 +1,18 @@
 """`study`: a grid of fits, each parsed by the same LightningCLI, then a results table and plots."""
 
+import functools
 import inspect
-import re
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from batchsize_lit.cli import BatchSizeCLI
+from batchsize_lit.compat import unknown_key
 from batchsize_lit.config_args import config_stem
-from batchsize_lit.errors import config_file_problem, config_with_keys, did_you_mean
+from batchsize_lit.errors import config_file_problem, config_values, config_with_keys, did_you_mean
 from batchsize_lit.study import executors
 from batchsize_lit.study.cohort import plan, run_unit
 from batchsize_lit.study.grid import SHORT_NAMES, cell_name, expand, fit_args, group_name
@@ -109,9 +112,31 @@ def run_study(
     return 1 if failed else 0
 
 
-# The top-level keys of a fit config, which a study config holds under base.
-FIT_KEYS = ("data", "model", "trainer", "early_stopping", "checkpoint", "history", "divergence", "seed_everything",
-            "optimizer", "lr_scheduler", "ckpt_path")  # fmt: skip
+class _Built(BaseException):  # not an Exception: BatchSizeCLI turns those into bad input or faults
+    """Carries the fit parser out of _FitParser, built and not used."""
+
+
+class _FitParser(BatchSizeCLI):
+    """BatchSizeCLI building the parser of its fit subcommand alone, and stopping before it parses anything."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"fit": LightningCLI.subcommands()["fit"]}
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        raise _Built(self.parsers[-1])  # init_parser made the main parser first, then fit's
+
+
+@functools.cache
+def fit_keys(study_keys: frozenset[str]) -> frozenset[str]:
+    """The top-level keys of a fit config, as ``batchsize-lit fit`` parses it, that a study config does not have:
+    a study config holds them under base. Built on demand (about 0.2 s), when a study config fails to parse."""
+    try:
+        _FitParser(args=[])
+    except _Built as built:
+        keys = built.args[0].get_defaults().keys()  # a Namespace: its dotted keys
+        return frozenset(key.split(".")[0] for key in keys) - study_keys
+    raise RuntimeError("LightningCLI no longer parses in __init__: the fit parser could not be read")
 
 
 class Progress:
@@ -168,14 +193,14 @@ def parse(argv: list[str]) -> Namespace:
         problem = config_file_problem(error, argv)
         if problem:
             raise ArgumentError(None, problem) from None
-        fit = config_with_keys(argv, FIT_KEYS)
+        fit = config_values(argv) and config_with_keys(argv, fit_keys(frozenset(parser.get_defaults().keys())))
         if fit:
             hint = "run it with batchsize-lit fit, or give its keys as a study's base"
             raise ArgumentError(None, f"--config {fit} is a fit config: {hint}") from None
-        unknown = re.search(r"Option '([\w.]+)' is not accepted|unrecognized arguments: --([\w.]+)", text)
+        unknown = unknown_key(text)
         if unknown:
-            name = (unknown.group(1) or unknown.group(2)).split(".")[0]
-            hint = did_you_mean(name, parser.get_defaults().keys(), prefix="" if unknown.group(1) else "--")
+            name = unknown.removeprefix("--").split(".")[0]
+            hint = did_you_mean(name, parser.get_defaults().keys(), prefix="--" if unknown.startswith("--") else "")
             raise ArgumentError(None, f"{text}{hint}") from None
         raise
 
