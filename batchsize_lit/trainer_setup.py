@@ -6,7 +6,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
 
-from batchsize_lit.callbacks import BriefModelSummary
+from batchsize_lit.model_summary import BriefModelSummary
 from batchsize_lit.progress import ThrottledProgressBar
 
 # What the Trainer adds by itself when no callback of the kind is given (Rich where the rich package is installed).
