@@ -38,12 +38,13 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
         """
         self.report_interrupt = True  # a study reports an interrupted cell its own way
         self.sigterm_checkpoint: str | None = None  # where a fit stopped by SIGTERM saved its last step
+        self._fitting = True  # this class's own flag: whether the stage set up is fit; a load before setup is a fit's
         super().__init__(monitor=monitor, filename=filename, save_last=save_last, **kwargs)
         if not kwargs.get("every_n_train_steps") and kwargs.get("train_time_interval") is None:
             compat.skip_hook(self, "on_train_batch_end")  # no saves between epochs
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._fitting = stage == "fit"  # this class's own flag, read by load_state_dict
+        self._fitting = stage == "fit"
         with warnings.catch_warnings():
             if self.dirpath is None:  # the run's own folder: not empty only when --ckpt_path last resumes it there
                 warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
@@ -56,8 +57,8 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Which checkpoints were best and last matters to a resumed fit only; evaluating a checkpoint read from
-        # another folder would otherwise warn that the folder changed. Before any setup, as a fit would.
-        if getattr(self, "_fitting", True):
+        # another folder would otherwise warn that the folder changed.
+        if self._fitting:
             super().load_state_dict(state_dict)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
