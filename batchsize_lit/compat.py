@@ -14,8 +14,9 @@ from typing import Any
 import lightning.pytorch as pl
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor
 
 
 def checkpoint_run_folder(trainer: Trainer) -> Path:
@@ -199,3 +200,28 @@ def null_init_args(message: str) -> tuple[str, list[str]] | None:
     if given is None:
         return None
     return given.group(1), re.findall(r"(\w+)=None\b", given.group(2))
+
+
+# --- callbacks ---
+
+
+def skip_hook(callback: pl.Callback, hook: str) -> None:
+    """Have the Trainer skip one hook of a callback, without a call or a profiler context. Reason: undocumented;
+    Lightning's _call_callback_hooks calls a callback's hook only where the attribute is callable, so a hook set to
+    None on the instance is passed over."""
+    setattr(callback, hook, None)
+
+
+def early_stopping_checks_at_epoch_end(callback: EarlyStopping) -> bool | None:
+    """Whether Lightning's EarlyStopping checks at the end of the training epoch (else after validation): its hooks
+    check only at the one it decided. Reason: the argument check_on_train_epoch_end, or where it is None, Lightning's
+    rule applied at setup (val_check_interval 1.0 and check_val_every_n_epoch 1), kept in the private
+    _check_on_train_epoch_end; None before setup."""
+    return callback._check_on_train_epoch_end
+
+
+def improved_best_score(callback: EarlyStopping, before: Tensor) -> bool:
+    """Whether Lightning's EarlyStopping found an improvement in the check just made, given its best_score from
+    before the check. Reason: undocumented; Lightning assigns best_score the new value only on an improvement, and
+    never changes the tensor in place."""
+    return callback.best_score is not before

@@ -52,3 +52,9 @@ def batch_samples(batch: Any) -> int | None:
         return extract_batch_size(batch)
     except (MisconfigurationException, RecursionError):
         return None
+
+
+def unscaled_loss(outputs: Any, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
+    """The loss a ``training_step`` returned as the model computed it: ``step_loss`` with Lightning's division by
+    accumulate_grad_batches undone where it divided (``accumulation_scale``), or None where it returned none."""
+    return step_loss(outputs, accumulation_scale(trainer, pl_module))

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar
 from torch import Tensor
 
-from batchsize_lit.outputs import accumulation_scale, logged_train_loss, step_loss
+from batchsize_lit.outputs import logged_train_loss, unscaled_loss
 
 
 @dataclass(slots=True)
@@ -166,9 +166,7 @@ class ThrottledProgressBar(ProgressBar):
         """The last step's train loss (returned by training_step, else as the model logs it), the progress-bar
         metrics, and the logged ones of metrics and monitors."""
         items: dict[str, Any] = {}
-        # merge: the loss as the model computed it, or as it logs it, is read the same way in callbacks.py; call
-        # outputs.py's one function for it (unscaled_loss) here once it is there.
-        loss = step_loss(self._outputs, accumulation_scale(trainer, pl_module))
+        loss = unscaled_loss(self._outputs, trainer, pl_module)
         if loss is None and (logged := logged_train_loss(trainer)) is not None:  # training_step returned none
             loss = logged[1]
         if loss is not None:

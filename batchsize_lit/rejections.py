@@ -64,10 +64,14 @@ def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
 
 def null_settings(config: Namespace) -> list[str]:
     """The keys of the trainer, model and data set to null whose argument has another default and takes no None."""
-    from batchsize_lit import callbacks  # the classes of the callback groups: imported with the CLI anyway
+    # The classes of the callback groups: imported with the CLI anyway.
+    from batchsize_lit.divergence import DivergenceCheck
+    from batchsize_lit.early_stopping import EarlyStopping
+    from batchsize_lit.model_checkpoint import ModelCheckpoint
+    from batchsize_lit.run_history import RunHistory
 
-    classes = {"trainer": Trainer, "early_stopping": callbacks.EarlyStopping, "checkpoint": callbacks.ModelCheckpoint,
-               "history": callbacks.RunHistory, "divergence": callbacks.DivergenceCheck}  # fmt: skip
+    classes = {"trainer": Trainer, "early_stopping": EarlyStopping, "checkpoint": ModelCheckpoint,
+               "history": RunHistory, "divergence": DivergenceCheck}  # fmt: skip
     found = []
     for group in ("trainer", "model", "data", *CALLBACK_GROUPS):
         spec = config.get(group)

@@ -16,10 +16,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 from torch.utils.data import DataLoader, Subset
 
-from batchsize_lit.callbacks import EarlyStopping, RunHistory, never_logged
+from batchsize_lit.early_stopping import EarlyStopping, copy_weights, never_logged
 from batchsize_lit.errors import BadInput, one_line
 from batchsize_lit.outputs import accumulation_scale, batch_samples
 from batchsize_lit.problem import has_loss, reference_facts
+from batchsize_lit.run_history import RunHistory
 from batchsize_lit.trainer_info import batch_size, find_callback
 
 # Per-example gradient elements held at once, 16M doubles (128 MiB): a model of 1M parameters takes 16 examples a
@@ -544,7 +545,7 @@ class StepsToTarget(pl.Callback):
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, value: float) -> None:
         history = find_callback(trainer, RunHistory)
         samples = history.samples if history else None
-        if self.check(value, trainer.global_step, samples, lambda: _copy_state(pl_module)):
+        if self.check(value, trainer.global_step, samples, lambda: copy_weights(pl_module)):
             trainer.should_stop = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -567,7 +568,7 @@ class StepsToTarget(pl.Callback):
         gns = find_callback(trainer, GradientNoiseScale)
         if gns is None or gns.method != "per_example" or not any(self._weights):
             return
-        current = _copy_state(pl_module)
+        current = copy_weights(pl_module)
         for result, weights in zip(self.results, self._weights, strict=True):
             if weights is not None:
                 pl_module.load_state_dict(weights)
@@ -597,10 +598,6 @@ class StepsToTarget(pl.Callback):
                 row[f"target_{index}"] = result["target"]
                 row.update({f"{name}_{index}": result[key] for key, name in names.items()})
         return row
-
-
-def _copy_state(module: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def fit_critical_batch(batch_sizes: list[float], steps: list[float]) -> dict[str, float]:

@@ -3,8 +3,9 @@
 import lightning.pytorch as pl
 
 from batchsize_lit import runs
-from batchsize_lit.callbacks import EarlyStopping, RunHistory
+from batchsize_lit.early_stopping import EarlyStopping
 from batchsize_lit.problem import reference_facts, run_report
+from batchsize_lit.run_history import RunHistory
 from batchsize_lit.trainer_info import find_callback
 from batchsize_lit.weight_averaging import added_epochs
 

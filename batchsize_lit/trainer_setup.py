@@ -10,7 +10,9 @@ from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProg
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from batchsize_lit import compat
-from batchsize_lit.callbacks import AtomicCheckpointIO, BriefModelSummary, skip_idle_hooks
+from batchsize_lit.checkpoint_io import AtomicCheckpointIO
+from batchsize_lit.hook_overhead import skip_idle_hooks
+from batchsize_lit.model_summary import BriefModelSummary
 from batchsize_lit.progress import ThrottledProgressBar
 
 # What the Trainer adds by itself when no callback of the kind is given (Rich where the rich package is installed).

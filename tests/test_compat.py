@@ -7,7 +7,7 @@ from typing import ClassVar
 import pytest
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -394,3 +394,63 @@ def test_jsonargparse_s_error_for_a_class_that_failed_shows_its_init_args(workdi
     args = ("--model=batchsize_lit.LinearRegressor", "--data=batchsize_lit.RegressionDataModule")
     text = _fit_error(*args, "--data.batch_size=null")
     assert compat.null_init_args(text) == ("batchsize_lit.RegressionDataModule", ["batch_size"])
+
+
+# --- callbacks ---
+
+
+def _quiet_trainer(tmp_path, callbacks, **kwargs) -> Trainer:
+    return Trainer(default_root_dir=tmp_path, callbacks=callbacks, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, **kwargs)  # fmt: skip
+
+
+def test_a_hook_set_to_none_is_skipped(tmp_path):
+    class Fails(Callback):
+        def on_train_batch_end(self, *args: object) -> None:
+            raise AssertionError("a skipped hook was called")
+
+    callback = Fails()
+    compat.skip_hook(callback, "on_train_batch_end")
+    trainer = _quiet_trainer(tmp_path, [callback], max_steps=2, limit_val_batches=0)
+    trainer.fit(BoringModel())
+    assert trainer.global_step == 2
+
+
+@pytest.mark.parametrize(
+    ("given", "trainer_args", "expected"),
+    [
+        (None, {}, True),
+        (None, {"val_check_interval": 0.5}, False),
+        (None, {"check_val_every_n_epoch": 2}, False),
+        (False, {}, False),
+        (True, {"val_check_interval": 0.5}, True),
+    ],
+)
+def test_early_stopping_decides_at_setup_where_it_checks(tmp_path, given, trainer_args, expected):
+    callback = EarlyStopping(monitor="val_loss", check_on_train_epoch_end=given)
+    assert compat.early_stopping_checks_at_epoch_end(callback) is given  # undecided before setup
+    callback.setup(_quiet_trainer(tmp_path, [callback], **trainer_args), BoringModel(), "fit")
+    assert compat.early_stopping_checks_at_epoch_end(callback) is expected
+
+
+def test_early_stopping_replaces_best_score_only_on_an_improvement(tmp_path):
+    class Scripted(BoringModel):
+        def validation_step(self, batch: object, batch_idx: int) -> None:
+            self.log("val_loss", [1.0, 2.0, 0.5, 0.5, 0.4][self.current_epoch])
+
+    class Watched(EarlyStopping):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.improved: list[bool] = []
+
+        def on_validation_end(self, trainer: Trainer, pl_module: BoringModel) -> None:
+            before = self.best_score
+            super().on_validation_end(trainer, pl_module)
+            self.improved.append(compat.improved_best_score(self, before))
+
+    callback = Watched(monitor="val_loss", patience=10, check_on_train_epoch_end=False)
+    trainer = _quiet_trainer(tmp_path, [callback], max_epochs=5, limit_train_batches=1, limit_val_batches=1,
+                             num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(Scripted())
+    assert callback.improved == [True, False, True, False, True]
+    assert float(callback.best_score) == pytest.approx(0.4)

@@ -250,7 +250,7 @@ class LinearRegressor(pl.LightningModule):
     def effective_lr(self) -> float:
         """The learning rate after lr_scaling, for this trainer's global batch size."""
         lr, scaling = self.hparams.lr, self.hparams.lr_scaling
-        batch = global_batch_size(self.trainer) if self._trainer is not None else None
+        batch = _global_batch_size(self)
         if scaling == "none" or batch is None:
             return lr
         ratio = batch / self.hparams.base_batch_size
@@ -293,3 +293,12 @@ class LinearRegressor(pl.LightningModule):
                 f"  (train MSE {facts['lsq_train_mse']:.5f})"
             )
         return RunReport(dict(zip(self.report_columns, (w, b), strict=True)), lines)
+
+
+def _global_batch_size(module: pl.LightningModule) -> int | None:
+    """The global batch size of the module's trainer, or None before it is attached to one (``trainer`` raises)."""
+    try:
+        trainer = module.trainer
+    except RuntimeError:
+        return None
+    return global_batch_size(trainer)

@@ -1,0 +1,59 @@
+"""The HParams tab of a run: its batch sizes, lr, max_epochs and settings against its best monitored value."""
+
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from batchsize_lit.trainer_info import batch_size, global_batch_size, learning_rate
+
+
+def run_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule, keys: list[str] | None) -> dict[str, Any]:
+    """The model's and data's settings, the seed, batch sizes, initial effective lr and max_epochs; only those named
+    by ``keys`` (config keys such as data.batch_size, or their last part) where given."""
+    params = {
+        **pl_module.hparams,
+        **(getattr(trainer.datamodule, "hparams", None) or {}),
+        "seed_everything": os.environ.get("PL_GLOBAL_SEED"),
+        "batch_size": batch_size(trainer),
+        "global_batch_size": global_batch_size(trainer),
+        "lr_effective": learning_rate(trainer, initial=True),
+        "max_epochs": trainer.max_epochs,
+    }
+    params = {key: value for key, value in params.items() if not key.startswith("_")}  # LightningCLI's own
+    if keys is not None:  # what varies, so the tab shows it first and nothing constant
+        names = {key.rsplit(".", 1)[-1] for key in keys}
+        params = {key: value for key, value in params.items() if key in names}
+    return params
+
+
+def write_hparams_tab(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    keys: list[str] | None,
+    monitor: str,
+    best: float | None,
+    train_loss: float | None,
+) -> None:
+    """Give every logger the run's hyperparameters (``run_hparams``, and the monitored metric's name) with the best
+    monitored value and the last train loss: TensorBoard as its HParams tab, the others as params and metrics.
+
+    Args:
+        trainer: The trainer at the end of fit.
+        pl_module: The trained module.
+        keys: The hyperparameters to record, as in ``run_hparams``; None for all.
+        monitor: The monitored metric's name.
+        best: Its best value, or None if it was never logged.
+        train_loss: The last epoch's mean train loss, or None.
+    """
+    params = run_hparams(trainer, pl_module, keys)
+    params["monitor"] = monitor
+    metrics = {f"hp/{monitor}_best": best, "hp/train_loss": train_loss}
+    metrics = {key: value for key, value in metrics.items() if value is not None}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics)
+        else:
+            logger.log_hyperparams(params)
+            logger.log_metrics(metrics, step=trainer.global_step)

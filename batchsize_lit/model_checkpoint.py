@@ -1,0 +1,86 @@
+"""Lightning's ModelCheckpoint with a last.ckpt kept current at every epoch's end and a resumable SIGTERM stop."""
+
+import sys
+import warnings
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint as _ModelCheckpoint
+
+from batchsize_lit import compat
+from batchsize_lit.hook_overhead import FixedStateKey
+from batchsize_lit.resume_state import load_resume_state, save_resume_state
+from batchsize_lit.signals import is_sigterm, save_at_sigterm, stopped_line
+
+
+class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
+    """Lightning's ModelCheckpoint; with ``save_last: true``, last.ckpt is also written at every epoch's end.
+
+    Lightning writes last.ckpt only when a top-k checkpoint is saved; here, in addition, at the end of every training
+    epoch that saved nothing, so that resuming from it continues exactly where training stopped. Each last.ckpt is
+    written by Lightning's own code: its name template, versioning and removal of the previous one are Lightning's.
+    ``save_last: link`` and ``false`` behave as in Lightning.
+    """
+
+    def __init__(
+        self,
+        monitor: str | None = "val_loss",
+        filename: str | None = "best-{epoch}",
+        save_last: bool | Literal["link"] | None = True,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            monitor: Logged metric that picks the best checkpoint.
+            filename: Name pattern of the best checkpoint.
+            save_last: true writes last.ckpt at the end of every epoch; link and false as in Lightning.
+            **kwargs: The other arguments of lightning.pytorch.callbacks.ModelCheckpoint.
+        """
+        self.report_interrupt = True  # a study reports an interrupted cell its own way
+        self.sigterm_checkpoint: str | None = None  # where a fit stopped by SIGTERM saved its last step
+        self._fitting = True  # this class's own flag: whether the stage set up is fit; a load before setup is a fit's
+        super().__init__(monitor=monitor, filename=filename, save_last=save_last, **kwargs)
+        if not kwargs.get("every_n_train_steps") and kwargs.get("train_time_interval") is None:
+            compat.skip_hook(self, "on_train_batch_end")  # no saves between epochs
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._fitting = stage == "fit"
+        with warnings.catch_warnings():
+            if self.dirpath is None:  # the run's own folder: not empty only when --ckpt_path last resumes it there
+                warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)  # saves top-k, and last with it, when it is time to
+        if self.save_last is True and not compat.checkpoint_skips_saving(self, trainer):  # nothing saved at this step
+            compat.save_last_checkpoint(self, trainer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Which checkpoints were best and last matters to a resumed fit only; evaluating a checkpoint read from
+        # another folder would otherwise warn that the folder changed.
+        if self._fitting:
+            super().load_state_dict(state_dict)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        save_resume_state(checkpoint)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        load_resume_state(trainer, checkpoint)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if is_sigterm(exception):  # stopped at a step boundary: last.ckpt at that step, even mid-epoch
+            dirpath = self.dirpath if self.save_last else None
+            path = save_at_sigterm(trainer, dirpath, "last.ckpt", self.save_weights_only)
+            self.sigterm_checkpoint = path
+            if path:
+                self.last_model_path = path
+            if trainer.is_global_zero and self.report_interrupt:
+                print(stopped_line(trainer, path), file=sys.stderr)
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero and self.report_interrupt:
+            finished = trainer.current_epoch  # last.ckpt is written at the end of every epoch
+            if self.last_model_path and finished:
+                where = f"{self.last_model_path} holds the end of epoch {finished}; resume with --ckpt_path last"
+            else:
+                where = "no epoch had finished, so there is no last.ckpt to resume from"
+            print(f"Interrupted in epoch {trainer.current_epoch + 1}: {where}", file=sys.stderr)
