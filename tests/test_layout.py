@@ -116,3 +116,85 @@ def test_the_entry_point_imports_lightning_with_garbage_collection_paused_then_f
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True", "True"]
+
+
+def package_trees() -> dict[Path, ast.Module]:
+    return {path: ast.parse(path.read_text()) for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's lines, its docstring aside."""
+    body = function.body
+    if (
+        isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+    ):
+        body = body[1:]
+    return body[-1].end_lineno - body[0].lineno + 1 if body else 0
+
+
+def test_classes_and_functions_stay_short():
+    """A class fits on a few screens and a function on one: over 200 or 50 lines, it does more than one job."""
+    long = []
+    for path, tree in package_trees().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 200:
+                long.append(f"{module_name(path)}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and body_lines(node) > 50:
+                long.append(f"{module_name(path)}.{node.name}: body of {body_lines(node)} lines")
+    assert long == [], long
+
+
+def private_names(tree: ast.Module) -> list[tuple[int, str]]:
+    """The private names a module reaches: `x._name` and `getattr(x, "_name")`, and `from m import _name`."""
+    found = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and re.fullmatch(r"_[A-Za-z]\w*", node.attr)
+            and not node.attr.endswith("__")
+        ):
+            found.append((node.lineno, node.attr))
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr"):
+            name = node.args[1] if len(node.args) > 1 else None
+            if isinstance(name, ast.Constant) and isinstance(name.value, str) and name.value.startswith("_"):
+                found.append((node.lineno, name.value))
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.module.startswith("batchsize_lit"):
+            private_module = any(part.startswith("_") for part in node.module.split("."))
+            found += [(node.lineno, a.name) for a in node.names if private_module or a.name.startswith("_")]
+    return found
+
+
+def test_other_packages_private_names_only_in_compat():
+    """A private name of Lightning, jsonargparse or torch can change in any release: compat.py holds every use, each
+    with its test in test_compat.py. A private name the package defines itself is its own business."""
+    trees = package_trees()
+    own = {n.attr for tree in trees.values() for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+           and isinstance(n.ctx, ast.Store)}  # fmt: skip
+    own |= {n.name for tree in trees.values() for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    own |= {"_exit", "_fields"}  # os._exit, a namedtuple's _fields: documented, public
+    foreign = [
+        f"{module_name(path)}:{line} {name}"
+        for path, tree in trees.items()
+        if path.name != "compat.py"
+        for line, name in private_names(tree)
+        if name not in own
+    ]
+    assert foreign == [], foreign
+
+
+def test_the_private_name_finder_finds_them():
+    tree = ast.parse("import x\nfrom a._b import c\nfrom d import _e\nx._trainer\ngetattr(x, '_log_hyperparams')\n")
+    assert [name for _, name in private_names(tree)] == ["c", "_e", "_trainer", "_log_hyperparams"]
+
+
+def test_every_compat_entry_has_a_test():
+    compat = ast.parse((PACKAGE / "compat.py").read_text())
+    entries = [
+        n.name for n in compat.body if isinstance(n, ast.FunctionDef | ast.ClassDef) and not n.name.startswith("_")
+    ]
+    entries += [t.id for n in compat.body if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Name) and t.id.isupper() and not t.id.startswith("_")]  # fmt: skip
+    tests = (PACKAGE.parent / "tests" / "test_compat.py").read_text()
+    assert entries and [name for name in entries if not re.search(rf"\b{name}\b", tests)] == []
