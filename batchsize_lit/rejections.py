@@ -2,6 +2,7 @@
 faults and turned into one line that names the key or the hook."""
 
 import inspect
+import linecache
 import os
 import re
 from pathlib import Path
@@ -9,6 +10,7 @@ from types import TracebackType
 from typing import Any
 
 import lightning
+import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -19,6 +21,8 @@ from batchsize_lit.errors import BadInput, import_class, one_line
 CALLBACK_GROUPS = ("early_stopping", "checkpoint", "history", "divergence")
 DATA_HOOKS = ("prepare_data", "setup", "train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader")
 _LIGHTNING = str(Path(lightning.__file__).parent)
+_TORCH = str(Path(torch.__file__).parent)
+_PACKAGE = str(Path(__file__).parent)
 
 
 def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
@@ -54,6 +58,13 @@ def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
     if logger is not None and isinstance(error, TypeError | ValueError | OverflowError) and trainer.global_step == 0:
         return BadInput(f"trainer.logger ({type(logger).__name__}): {one_line(error)}")  # e.g. an untyped kwarg
     before_training = trainer is None or trainer.global_step == 0
+    if before_training and (problem := _optimizer_rejection(error, getattr(cli, "model", None))) is not None:
+        return problem
+    ours = _raised_in(error, _LIGHTNING) or _raised_in(error, _PACKAGE)  # not a model's own division
+    if isinstance(error, ZeroDivisionError) and ours and config is not None:  # val_check_interval: at the first step
+        zero = zero_setting(config, error)
+        if zero is not None:
+            return BadInput(f"{zero}=0: a count or interval that must be positive ({one_line(error)})")
     rejection = TypeError | ValueError | MisconfigurationException | MemoryError  # devices: 10**12 makes a list
     lightning_check = isinstance(error, rejection) and before_training
     if lightning_check and _raised_in(error, _LIGHTNING):  # Lightning checking a setting, not a model's code failing
@@ -62,16 +73,43 @@ def rejected_setting(cli: Any, error: Exception) -> BadInput | None:
     return None
 
 
+def _optimizer_rejection(error: BaseException, model: Any) -> BadInput | None:
+    """The one line for an optimizer or scheduler that torch rejects as the model's configure_optimizers builds it
+    (``Invalid learning rate: -0.5``), naming the model's setting whose value the message quotes; None otherwise.
+    An error of the model's own code there is a fault and keeps its traceback."""
+    if not isinstance(model, LightningModule) or not isinstance(error, ValueError | TypeError):
+        return None
+    frames = [frame for frame, _ in _frames(error.__traceback__)]
+    inside = any(f.f_code.co_name == "configure_optimizers" and f.f_locals.get("self") is model for f in frames)
+    if not inside or not _raised_in(error, _TORCH):
+        return None
+    text = f"{type(model).__name__}.configure_optimizers failed: {type(error).__name__}: {one_line(error)}"
+    hparams = getattr(model, "hparams", {})
+    quoted = [key for key, value in hparams.items() if isinstance(value, int | float) and repr(value) in str(error)]
+    return BadInput(f"model.{quoted[0]}={hparams[quoted[0]]!r}: {text}" if quoted else f"model: {text}")
+
+
+def zero_setting(config: Namespace, error: BaseException) -> str | None:
+    """The trainer or callback key set to 0 that a division by zero before training comes from: the one the failing
+    line names, else the only one; None where no key is 0."""
+    classes = _group_classes()
+    zeros = []
+    for group, cls in classes.items():
+        defaults = {name: parameter.default for name, parameter in _parameters(cls).items()}
+        values = config.get(group)
+        for key, value in values.items() if isinstance(values, Namespace) else []:
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if "." not in key and number and value == 0 and defaults.get(key) != 0:  # a default 0 is no cause
+                zeros.append(f"{group}.{key}")
+    frames = list(_frames(error.__traceback__))
+    line = linecache.getline(frames[-1][0].f_code.co_filename, frames[-1][1]) if frames else ""
+    named = [key for key in zeros if key.split(".")[-1] in line]
+    return (named or zeros or [None])[0]
+
+
 def null_settings(config: Namespace) -> list[str]:
     """The keys of the trainer, model and data set to null whose argument has another default and takes no None."""
-    # The classes of the callback groups: imported with the CLI anyway.
-    from batchsize_lit.divergence import DivergenceCheck
-    from batchsize_lit.early_stopping import EarlyStopping
-    from batchsize_lit.model_checkpoint import ModelCheckpoint
-    from batchsize_lit.run_history import RunHistory
-
-    classes = {"trainer": Trainer, "early_stopping": EarlyStopping, "checkpoint": ModelCheckpoint,
-               "history": RunHistory, "divergence": DivergenceCheck}  # fmt: skip
+    classes = _group_classes()
     found = []
     for group in ("trainer", "model", "data", *CALLBACK_GROUPS):
         spec = config.get(group)
@@ -90,6 +128,18 @@ def null_settings(config: Namespace) -> list[str]:
             if not re.search(r"None|Optional", str(parameter.annotation)):
                 found.append(f"{group}.{key}")
     return found
+
+
+def _group_classes() -> dict[str, type]:
+    """The class of the trainer group and of each callback group."""
+    # Imported here, not at the top: they import this module's callers (no cycle); the CLI has imported them anyway.
+    from batchsize_lit.divergence import DivergenceCheck
+    from batchsize_lit.early_stopping import EarlyStopping
+    from batchsize_lit.model_checkpoint import ModelCheckpoint
+    from batchsize_lit.run_history import RunHistory
+
+    return {"trainer": Trainer, "early_stopping": EarlyStopping, "checkpoint": ModelCheckpoint,
+            "history": RunHistory, "divergence": DivergenceCheck}  # fmt: skip
 
 
 def _parameters(cls: type) -> dict[str, inspect.Parameter]:

@@ -184,6 +184,10 @@ def fuzz(extra: list[str], examples: int) -> None:
         ([], ("optimizer",), {"class_path": ".."}),
         ([], ("lr_scheduler",), "../../etc/passwd"),
         (FORK, ("model", "init_args", "hidden"), -16),
+        (FORK, ("model", "init_args", "lr"), -0.5),  # torch.optim rejects it inside configure_optimizers
+        ([], ("trainer", "accumulate_grad_batches"), 0),  # divisions by zero, in the template's code and Lightning's
+        ([], ("trainer", "val_check_interval"), 0),
+        ([], ("trainer", "check_val_every_n_epoch"), 0),
     ],
 )
 def test_known_mutants_fail_in_one_line(extra, key, value, tmp_path, monkeypatch):
