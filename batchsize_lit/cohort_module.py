@@ -1,8 +1,9 @@
 """A LightningModule that trains K copies of one model at once: stacked parameters, a vmapped loss, plain SGD."""
 
 import copy
+import inspect
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import torch
@@ -12,6 +13,33 @@ from torch.utils.data import SequentialSampler
 
 from batchsize_lit.data import EpochShuffleSampler, InMemoryDataset, InMemoryLoader, TensorBatchSampler
 from batchsize_lit.science import _LossOf
+
+
+class HasBatchMetrics(Protocol):
+    """What a model whose validation (or test) logs more than the mean of ``loss(batch)`` gives a study's cohorts:
+    the metrics that stage logs, of one batch, each the mean over the batch's examples (``val_loss`` and
+    ``val_acc`` for stage ``val``, say), as pure functions of the parameters and the batch, as HasLoss's ``loss``.
+    A cohort computes every member's with vmap, and a logged value as the mean over the stage's batches weighted by
+    their sizes; it checks, on one member, that these equal what the model's own validation logs."""
+
+    def batch_metrics(self, batch: Any, stage: str) -> dict[str, Tensor]: ...
+
+
+def has_batch_metrics(model: Any) -> bool:
+    """Whether the model's class defines HasBatchMetrics' ``batch_metrics(batch, stage)``."""
+    return inspect.isfunction(getattr(type(model), "batch_metrics", None))
+
+
+class _Call(nn.Module):
+    """Calls a method of the wrapped module as its forward, so torch.func can call any method with other
+    parameters; its parameter names are _LossOf's (``module.`` and the module's own)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, method: str, *args: Any) -> Any:
+        return getattr(self.module, method)(*args)
 
 
 def stack_batches(batches: list[Any]) -> Any:
@@ -129,6 +157,7 @@ class StackedModel:
         self.params, self.buffers = stack_module_state([_LossOf(model) for model in models])
         self.params = {name: p.detach() for name, p in self.params.items()}
         self.base = copy.deepcopy(_LossOf(models[0])).to("meta")  # only its structure is used
+        self._caller = _Call(self.base.module)
         self.models = models
         # functional_call's search for tied weights, and an empty buffer dict, cost a tenth of a millisecond each
         # per call, several times a step: skipped where the model ties none and has no buffers.
@@ -152,6 +181,22 @@ class StackedModel:
     def loss(self, batch: Any, shared: bool = False) -> Tensor:
         """The K losses on one batch given to every member (shared) or on a stacked batch."""
         return vmap(self._loss, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, batch)
+
+    def metrics(self, ks: list[int], batch: Any, stage: str) -> dict[str, Tensor]:
+        """Members ks' metrics of their own batches (stacked in the order of ks), without gradients: the model's
+        ``batch_metrics(batch, stage)`` where it has one, else its loss under the name ``loss``."""
+        method, args = ("batch_metrics", (stage,)) if has_batch_metrics(self.base.module) else ("loss", ())
+        caller = self._caller
+
+        def call(params: dict[str, Tensor], buffers: dict[str, Tensor], one: Any) -> Any:
+            state = (params, buffers) if buffers else params
+            return functional_call(caller, state, (method, one, *args), tie_weights=self._tied)
+
+        params = {name: p[ks] for name, p in self.params.items()}
+        buffers = {name: b[ks] for name, b in self.buffers.items()}
+        with torch.no_grad():
+            found = vmap(call)(params, buffers, batch)
+        return found if isinstance(found, dict) else {"loss": found}
 
     def sgd_step(self, grads: dict[str, Tensor], lrs: Tensor, active: list[int]) -> None:
         """p ← p − lr·g for each active member: addcmul with −lr rounds as torch.optim.SGD's add(g, alpha=−lr)."""
