@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.data import SequentialSampler
 
+from batchsize_lit.compat import indexes_tensors
 from batchsize_lit.data import EpochShuffleSampler, InMemoryDataset, InMemoryLoader, TensorBatchSampler
 from batchsize_lit.science import _LossOf
 
@@ -102,6 +103,9 @@ class CohortLoader:
         if all(_in_memory(loader) for loader in self.loaders):
             yield from self._gathered()
             return
+        if all(indexes_tensors(loader) for loader in self.loaders):
+            yield from self._indexed()
+            return
         # An InMemoryLoader draws nothing from the global generator; a plain DataLoader draws at iter and next.
         plain = [not isinstance(loader, InMemoryLoader) for loader in self.loaders]
         iterators = [
@@ -117,6 +121,28 @@ class CohortLoader:
             except StopIteration:
                 return
             yield stack_batches(batches)
+
+    def _indexed(self) -> Iterator[Any]:
+        """Plain DataLoaders over TensorDatasets: each member's loader started as its cell's is (the draws of
+        iter(loader)), its batch indices drawn from its own batch_sampler with its own generator, and each step's
+        batches cut as one gather ``t[k, idx[k]]`` from the members' stacked tensors, instead of K loaders fetching
+        and collating every example (a list, as default_collate gives)."""
+        if not hasattr(self, "_tensors"):
+            sets = [loader.dataset.tensors for loader in self.loaders]
+            self._tensors = [torch.stack(list(parts)) for parts in zip(*sets, strict=True)]
+        for loader, stream in zip(self.loaders, self.streams, strict=True):
+            stream.run(lambda loader=loader: iter(loader))
+        samplers = [iter(loader.batch_sampler) for loader in self.loaders]
+        rows = torch.arange(len(self.loaders)).unsqueeze(1)
+        while True:
+            try:
+                indices = [
+                    stream.run(lambda it=it: next(it)) for it, stream in zip(samplers, self.streams, strict=True)
+                ]
+            except StopIteration:
+                return
+            index = torch.tensor(indices)
+            yield [t[rows, index] for t in self._tensors]
 
     def _gathered(self) -> Iterator[Any]:
         """In-memory data: each member's epoch order drawn as its sampler would, the K orders stacked into [K, N],

@@ -105,3 +105,34 @@ def set_event_writer_error(thread: threading.Thread, error: BaseException) -> No
     """Replace the error a dead TensorBoard writer thread left behind. Reason: tensorboard keeps it in the thread's
     ``exception`` attribute and raises that object in the main thread at the next write, flush or close."""
     thread.exception = error  # type: ignore[attr-defined]
+
+
+# --- cohorts ---
+
+
+def indexes_tensors(loader: object) -> bool:
+    """Whether iterating this DataLoader yields ``[t[indices] for t in dataset.tensors]`` for each list of indices
+    its ``batch_sampler`` yields, and draws from the global generator only at ``iter(loader)`` (the base seed of
+    its workers) and through its sampler. Reason: a cohort cuts its members' batches by indexing, drawing the same
+    random numbers, instead of fetching and collating each example; that the single-process iterator draws nothing
+    more per batch, and that default_collate returns a list for a TensorDataset's tuples, are torch's undocumented
+    behaviour."""
+    # imported here, so that sections appended by others leave the module's imports alone
+    from torch.utils.data import (
+        BatchSampler,
+        DataLoader,
+        RandomSampler,
+        SequentialSampler,
+        TensorDataset,
+        default_collate,
+    )
+
+    return (
+        type(loader) is DataLoader
+        and loader.num_workers == 0
+        and not loader.pin_memory
+        and type(loader.dataset) is TensorDataset
+        and loader.collate_fn is default_collate
+        and type(loader.batch_sampler) is BatchSampler
+        and type(loader.sampler) in (RandomSampler, SequentialSampler)
+    )

@@ -170,3 +170,33 @@ def test_a_tensorboard_writer_thread_names_its_file_and_raises_the_error_it_hold
         writer.add_scalar("loss", 1.0, 0)
     compat.set_event_writer_error(thread, None)
     writer.close()
+
+
+# --- cohorts ---
+
+
+def test_a_plain_dataloader_over_tensors_yields_indexed_tensors_drawing_only_at_iter_and_through_its_sampler():
+    """What a cohort's batches of plain DataLoaders rely on: the batches equal the tensors indexed by the
+    batch_sampler's indices, and the global generator ends in the same state, when the sampler is iterated apart
+    from the loader's own iterator."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dataset = TensorDataset(torch.randn(23, 3), torch.arange(23))
+    for shuffle in (True, False):
+        loader = DataLoader(dataset, batch_size=5, shuffle=shuffle)
+        assert compat.indexes_tensors(loader)
+        torch.manual_seed(7)
+        batches = [list(batch) for _ in range(2) for batch in loader]
+        state = torch.get_rng_state()
+        torch.manual_seed(7)
+        cut = []
+        for _ in range(2):
+            iter(loader)
+            cut += [[t[indices] for t in dataset.tensors] for indices in loader.batch_sampler]
+        assert torch.equal(torch.get_rng_state(), state)
+        assert all(type(b) is list for b in batches)
+        assert all(
+            torch.equal(a, b) for one, two in zip(batches, cut, strict=True) for a, b in zip(one, two, strict=True)
+        )
+    assert not compat.indexes_tensors(DataLoader(dataset, batch_size=5, collate_fn=lambda items: items))
