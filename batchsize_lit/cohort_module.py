@@ -123,25 +123,21 @@ class CohortLoader:
             yield stack_batches(batches)
 
     def _indexed(self) -> Iterator[Any]:
-        """Plain DataLoaders over TensorDatasets: each member's loader started as its cell's is (the draws of
-        iter(loader)), its batch indices drawn from its own batch_sampler with its own generator, and each step's
-        batches cut as one gather ``t[k, idx[k]]`` from the members' stacked tensors, instead of K loaders fetching
-        and collating every example (a list, as default_collate gives)."""
+        """Plain DataLoaders over TensorDatasets: each member's epoch started as its cell's loader starts it and
+        its batches' indices drawn from its own batch_sampler, with its own global generator (a sampler draws from
+        it once, as it starts), the K epochs' indices stacked into [K, N], and each step's batches cut as one
+        gather ``t[k, idx[k]]``, instead of K loaders fetching and collating every example; a list, as
+        default_collate gives."""
         if not hasattr(self, "_tensors"):
             sets = [loader.dataset.tensors for loader in self.loaders]
             self._tensors = [torch.stack(list(parts)) for parts in zip(*sets, strict=True)]
-        for loader, stream in zip(self.loaders, self.streams, strict=True):
-            stream.run(lambda loader=loader: iter(loader))
-        samplers = [iter(loader.batch_sampler) for loader in self.loaders]
+        epochs = [
+            stream.run(lambda loader=loader: _epoch_indices(loader))
+            for loader, stream in zip(self.loaders, self.streams, strict=True)
+        ]
+        orders = torch.tensor([[index for batch in batches for index in batch] for batches in epochs])
         rows = torch.arange(len(self.loaders)).unsqueeze(1)
-        while True:
-            try:
-                indices = [
-                    stream.run(lambda it=it: next(it)) for it, stream in zip(samplers, self.streams, strict=True)
-                ]
-            except StopIteration:
-                return
-            index = torch.tensor(indices)
+        for index in orders.split([len(batch) for batch in epochs[0]], dim=1):
             yield [t[rows, index] for t in self._tensors]
 
     def _gathered(self) -> Iterator[Any]:
@@ -155,6 +151,13 @@ class CohortLoader:
         size = self.loaders[0].batch_sampler.batch_size
         for index in orders.split(size, dim=1):
             yield tuple(t[rows, index] for t in self._tensors)
+
+
+def _epoch_indices(loader: Any) -> list[list[int]]:
+    """A plain DataLoader's epoch as lists of indices, with the global generator's draws of its own epoch: those of
+    iter(loader) (its workers' base seed), then its sampler's (see compat.indexes_tensors)."""
+    iter(loader)
+    return list(loader.batch_sampler)
 
 
 def _in_memory(loader: Any) -> bool:
