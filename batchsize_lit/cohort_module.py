@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.data import SequentialSampler
@@ -198,18 +199,31 @@ class StackedModel:
         state = (params, buffers) if buffers else params
         return functional_call(self.base, state, (batch,), tie_weights=self._tied)
 
-    def loss_and_grad(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        """The K losses and their gradients, each member on its own slice of the batch. The members share no
-        parameter, so the gradient of the summed losses holds each member's own gradient (one backward pass,
-        cheaper than vmap over grad for small models)."""
-        params = {name: p.detach().requires_grad_() for name, p in self.params.items()}
-        losses = vmap(self._loss)(params, self.buffers, batch)
+    def loss_and_grad(self, batch: Any, ks: list[int] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The losses of members ks (all K by default) and their gradients, each member on its own slice of the
+        batch, in the order of ks. The members share no parameter, so the gradient of the summed losses holds each
+        member's own gradient (one backward pass, cheaper than vmap over grad for small models)."""
+        params, buffers = self._subset(ks)
+        if ks is not None:  # the stopped members' slices are left out: their steps would be thrown away
+            index = torch.tensor(ks)
+            batch = apply_to_collection(batch, Tensor, lambda t: t[index])
+        params = {name: p.detach().requires_grad_() for name, p in params.items()}
+        losses = vmap(self._loss)(params, buffers, batch)
         grads = torch.autograd.grad(losses.sum(), list(params.values()))
         return losses.detach(), dict(zip(params, grads, strict=True))
 
-    def loss(self, batch: Any, shared: bool = False) -> Tensor:
-        """The K losses on one batch given to every member (shared) or on a stacked batch."""
-        return vmap(self._loss, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, batch)
+    def loss(self, batch: Any, shared: bool = False, ks: list[int] | None = None) -> Tensor:
+        """The losses of members ks (all K by default) on one batch given to every member (shared) or on a
+        stacked batch of theirs."""
+        params, buffers = self._subset(ks)
+        return vmap(self._loss, in_dims=(0, 0, None if shared else 0))(params, buffers, batch)
+
+    def _subset(self, ks: list[int] | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The parameters and buffers of members ks (copies), or all of them (the stacked tensors themselves)."""
+        if ks is None:
+            return self.params, self.buffers
+        index = torch.tensor(ks)
+        return {n: p[index] for n, p in self.params.items()}, {n: b[index] for n, b in self.buffers.items()}
 
     def metrics(self, ks: list[int], batch: Any, stage: str) -> dict[str, Tensor]:
         """Members ks' metrics of their own batches (stacked in the order of ks), without gradients: the model's
@@ -221,14 +235,14 @@ class StackedModel:
             state = (params, buffers) if buffers else params
             return functional_call(caller, state, (method, one, *args), tie_weights=self._tied)
 
-        params = {name: p[ks] for name, p in self.params.items()}
-        buffers = {name: b[ks] for name, b in self.buffers.items()}
+        params, buffers = self._subset(ks)
         with torch.no_grad():
             found = vmap(call)(params, buffers, batch)
         return found if isinstance(found, dict) else {"loss": found}
 
     def sgd_step(self, grads: dict[str, Tensor], lrs: Tensor, active: list[int]) -> None:
-        """p ← p − lr·g for each active member: addcmul with −lr rounds as torch.optim.SGD's add(g, alpha=−lr)."""
+        """p ← p − lr·g for each active member, given the gradients of all members or of the active ones (in
+        their order): addcmul with −lr rounds as torch.optim.SGD's add(g, alpha=−lr)."""
         rate = -lrs
         for name, param in self.params.items():
             shape = (-1,) + (1,) * (param.dim() - 1)
@@ -236,7 +250,8 @@ class StackedModel:
                 param.addcmul_(grads[name], rate.view(shape))
             else:  # a stopped member stays as it is, even where its gradient is not finite
                 index = torch.tensor(active)
-                param[index] = torch.addcmul(param[index], grads[name][index], rate[index].view(shape))
+                grad = grads[name] if len(grads[name]) == len(active) else grads[name][index]
+                param[index] = torch.addcmul(param[index], grad, rate[index].view(shape))
 
     def load_into(self, k: int, model: nn.Module | None = None) -> nn.Module:
         """Member k's parameters copied into its own model (or the one given), which is returned."""
@@ -276,10 +291,13 @@ class CohortModule(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         active = self.members.active()
+        ks = None if len(active) == len(self.lrs) else active  # once some have stopped, the others alone
         with torch.enable_grad():
-            losses, grads = self.stacked.loss_and_grad(batch)
+            losses, grads = self.stacked.loss_and_grad(batch, ks)
         with torch.no_grad():
             self.stacked.sgd_step(grads, self.lrs, active)
+            if ks is not None:  # the K losses, a stopped member's 0 (after_step reads the active members' only)
+                losses = torch.zeros_like(self.lrs, dtype=losses.dtype).index_copy_(0, torch.tensor(ks), losses)
         last = batch_idx == len(self.loader) - 1
         if self.members.after_step(losses.detach(), batch, active, self.trainer.current_epoch, last):
             self.trainer.should_stop = True

@@ -137,9 +137,10 @@ class Members:
         if target is None or not target.every_n_steps or self.members[active[0]].step % target.every_n_steps:
             return
         with torch.no_grad():
-            values = self.stacked.loss(target.validation_data, shared=True).tolist()
-        for k in active:
-            self._target_check(k, values[k])
+            ks = None if len(active) == len(self.members) else active  # the stopped members left out
+            values = self.stacked.loss(target.validation_data, shared=True, ks=ks).tolist()
+        for k, value in zip(active, values, strict=True):
+            self._target_check(k, value)
 
     def _target_check(self, k: int, value: float) -> None:
         """The member's own StepsToTarget decides, given the member's weights as its state_dict."""
