@@ -136,3 +136,23 @@ def indexes_tensors(loader: object) -> bool:
         and type(loader.batch_sampler) is BatchSampler
         and type(loader.sampler) in (RandomSampler, SequentialSampler)
     )
+
+
+def sampler_order(sampler: object) -> object:
+    """One pass of a SequentialSampler, or of a RandomSampler without replacement over all its data and with no
+    generator of its own, as a tensor, drawing from the global generator what iterating it draws; None for any
+    other sampler. Reason: RandomSampler.__iter__ draws a seed from the global generator, then yields
+    torch.randperm(n) under a generator seeded with it, index by index in Python (a second per example, for a
+    cohort of plain DataLoaders that runs a thousand epochs)."""
+    import torch
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    if type(sampler) is SequentialSampler:
+        return torch.arange(len(sampler))
+    if type(sampler) is not RandomSampler or sampler.replacement or sampler.generator is not None:
+        return None
+    n = len(sampler.data_source)
+    if sampler.num_samples != n:
+        return None
+    seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))

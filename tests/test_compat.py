@@ -200,3 +200,20 @@ def test_a_plain_dataloader_over_tensors_yields_indexed_tensors_drawing_only_at_
             torch.equal(a, b) for one, two in zip(batches, cut, strict=True) for a, b in zip(one, two, strict=True)
         )
     assert not compat.indexes_tensors(DataLoader(dataset, batch_size=5, collate_fn=lambda items: items))
+
+
+def test_a_random_sampler_pass_is_a_randperm_seeded_from_the_global_generator():
+    """What a cohort's plain DataLoaders rely on: the order sampler_order gives is the sampler's own, and the global
+    generator ends in the same state."""
+    import torch
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    data = list(range(23))
+    for sampler in (RandomSampler(data), SequentialSampler(data)):
+        torch.manual_seed(3)
+        order, state = list(sampler), torch.get_rng_state()
+        torch.manual_seed(3)
+        assert compat.sampler_order(sampler).tolist() == order
+        assert torch.equal(torch.get_rng_state(), state)
+    assert compat.sampler_order(RandomSampler(data, replacement=True)) is None
+    assert compat.sampler_order(RandomSampler(data, num_samples=5)) is None
