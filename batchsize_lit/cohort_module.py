@@ -1,17 +1,47 @@
 """A LightningModule that trains K copies of one model at once: stacked parameters, a vmapped loss, plain SGD."""
 
 import copy
+import inspect
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.data import SequentialSampler
 
+from batchsize_lit.compat import indexes_tensors, sampler_order
 from batchsize_lit.data import EpochShuffleSampler, InMemoryDataset, InMemoryLoader, TensorBatchSampler
 from batchsize_lit.science import _LossOf
+
+
+class HasBatchMetrics(Protocol):
+    """What a model whose validation (or test) logs more than the mean of ``loss(batch)`` gives a study's cohorts:
+    the metrics that stage logs, of one batch, each the mean over the batch's examples (``val_loss`` and
+    ``val_acc`` for stage ``val``, say), as pure functions of the parameters and the batch, as HasLoss's ``loss``.
+    A cohort computes every member's with vmap, and a logged value as the mean over the stage's batches weighted by
+    their sizes; it checks, on one member, that these equal what the model's own validation logs."""
+
+    def batch_metrics(self, batch: Any, stage: str) -> dict[str, Tensor]: ...
+
+
+def has_batch_metrics(model: Any) -> bool:
+    """Whether the model's class defines HasBatchMetrics' ``batch_metrics(batch, stage)``."""
+    return inspect.isfunction(getattr(type(model), "batch_metrics", None))
+
+
+class _Call(nn.Module):
+    """Calls a method of the wrapped module as its forward, so torch.func can call any method with other
+    parameters; its parameter names are _LossOf's (``module.`` and the module's own)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, method: str, *args: Any) -> Any:
+        return getattr(self.module, method)(*args)
 
 
 def stack_batches(batches: list[Any]) -> Any:
@@ -74,6 +104,9 @@ class CohortLoader:
         if all(_in_memory(loader) for loader in self.loaders):
             yield from self._gathered()
             return
+        if all(indexes_tensors(loader) for loader in self.loaders):
+            yield from self._indexed()
+            return
         # An InMemoryLoader draws nothing from the global generator; a plain DataLoader draws at iter and next.
         plain = [not isinstance(loader, InMemoryLoader) for loader in self.loaders]
         iterators = [
@@ -90,17 +123,52 @@ class CohortLoader:
                 return
             yield stack_batches(batches)
 
+    def _indexed(self) -> Iterator[Any]:
+        """Plain DataLoaders over TensorDatasets: each member's epoch started as its cell's loader starts it and
+        its order drawn as its sampler draws it, with its own global generator (a sampler draws from it once, as
+        it starts), the K orders stacked into [K, N], and each step's batches cut as one gather, instead of K
+        loaders fetching and collating every example; a list, as default_collate gives."""
+        if not hasattr(self, "_tensors"):
+            sets = [loader.dataset.tensors for loader in self.loaders]
+            self._tensors = [torch.stack(list(parts)) for parts in zip(*sets, strict=True)]
+        epochs = [
+            stream.run(lambda loader=loader: _epoch_order(loader))
+            for loader, stream in zip(self.loaders, self.streams, strict=True)
+        ]
+        orders = torch.stack([order for order, _ in epochs])
+        yield from (list(_cut(self._tensors, index)) for index in orders.split(epochs[0][1], dim=1))
+
     def _gathered(self) -> Iterator[Any]:
         """In-memory data: each member's epoch order drawn as its sampler would, the K orders stacked into [K, N],
-        and each step's batches cut as one gather ``x[k, idx[k]]``, instead of K loaders and a stack."""
+        and each step's batches cut as one gather, instead of K loaders and a stack."""
         if not hasattr(self, "_tensors"):  # the members' tensors, stacked once
             sets = [loader.dataset.tensors for loader in self.loaders]
             self._tensors = [torch.stack(list(parts)) for parts in zip(*sets, strict=True)]
         orders = torch.stack([_order(loader.batch_sampler) for loader in self.loaders])
-        rows = torch.arange(len(self.loaders)).unsqueeze(1)
         size = self.loaders[0].batch_sampler.batch_size
-        for index in orders.split(size, dim=1):
-            yield tuple(t[rows, index] for t in self._tensors)
+        yield from (_cut(self._tensors, index) for index in orders.split(size, dim=1))
+
+
+def _cut(tensors: list[Tensor], index: Tensor) -> tuple[Tensor, ...]:
+    """``t[k, index[k]]`` for every member k of each stacked tensor t [K, N, ...], as one index_select of the
+    flattened tensor (several times faster than indexing by a [K, 1] and a [K, B] tensor)."""
+    members, n = tensors[0].shape[:2]
+    flat = (index + torch.arange(members).unsqueeze(1) * n).flatten()
+    return tuple(t.flatten(0, 1).index_select(0, flat).view(members, index.shape[1], *t.shape[2:]) for t in tensors)
+
+
+def _epoch_order(loader: Any) -> tuple[Tensor, list[int]]:
+    """A plain DataLoader's epoch as its order of indices and its batches' sizes, with the global generator's draws
+    of its own epoch: those of iter(loader) (its workers' base seed), then its sampler's (see
+    compat.indexes_tensors and compat.sampler_order)."""
+    iter(loader)
+    order = sampler_order(loader.sampler)
+    if order is None:
+        batches = list(loader.batch_sampler)
+        return torch.tensor([index for batch in batches for index in batch]), [len(batch) for batch in batches]
+    size, full = loader.batch_sampler.batch_size, len(order) // loader.batch_sampler.batch_size
+    sizes = [size] * full + ([len(order) - size * full] if len(order) % size and not loader.drop_last else [])
+    return order[: sum(sizes)], sizes
 
 
 def _in_memory(loader: Any) -> bool:
@@ -129,6 +197,7 @@ class StackedModel:
         self.params, self.buffers = stack_module_state([_LossOf(model) for model in models])
         self.params = {name: p.detach() for name, p in self.params.items()}
         self.base = copy.deepcopy(_LossOf(models[0])).to("meta")  # only its structure is used
+        self._caller = _Call(self.base.module)
         self.models = models
         # functional_call's search for tied weights, and an empty buffer dict, cost a tenth of a millisecond each
         # per call, several times a step: skipped where the model ties none and has no buffers.
@@ -140,21 +209,50 @@ class StackedModel:
         state = (params, buffers) if buffers else params
         return functional_call(self.base, state, (batch,), tie_weights=self._tied)
 
-    def loss_and_grad(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        """The K losses and their gradients, each member on its own slice of the batch. The members share no
-        parameter, so the gradient of the summed losses holds each member's own gradient (one backward pass,
-        cheaper than vmap over grad for small models)."""
-        params = {name: p.detach().requires_grad_() for name, p in self.params.items()}
-        losses = vmap(self._loss)(params, self.buffers, batch)
+    def loss_and_grad(self, batch: Any, ks: list[int] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The losses of members ks (all K by default) and their gradients, each member on its own slice of the
+        batch, in the order of ks. The members share no parameter, so the gradient of the summed losses holds each
+        member's own gradient (one backward pass, cheaper than vmap over grad for small models)."""
+        params, buffers = self._subset(ks)
+        if ks is not None:  # the stopped members' slices are left out: their steps would be thrown away
+            index = torch.tensor(ks)
+            batch = apply_to_collection(batch, Tensor, lambda t: t[index])
+        params = {name: p.detach().requires_grad_() for name, p in params.items()}
+        losses = vmap(self._loss)(params, buffers, batch)
         grads = torch.autograd.grad(losses.sum(), list(params.values()))
         return losses.detach(), dict(zip(params, grads, strict=True))
 
-    def loss(self, batch: Any, shared: bool = False) -> Tensor:
-        """The K losses on one batch given to every member (shared) or on a stacked batch."""
-        return vmap(self._loss, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, batch)
+    def loss(self, batch: Any, shared: bool = False, ks: list[int] | None = None) -> Tensor:
+        """The losses of members ks (all K by default) on one batch given to every member (shared) or on a
+        stacked batch of theirs."""
+        params, buffers = self._subset(ks)
+        return vmap(self._loss, in_dims=(0, 0, None if shared else 0))(params, buffers, batch)
+
+    def _subset(self, ks: list[int] | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The parameters and buffers of members ks (copies), or all of them (the stacked tensors themselves)."""
+        if ks is None:
+            return self.params, self.buffers
+        index = torch.tensor(ks)
+        return {n: p[index] for n, p in self.params.items()}, {n: b[index] for n, b in self.buffers.items()}
+
+    def metrics(self, ks: list[int], batch: Any, stage: str) -> dict[str, Tensor]:
+        """Members ks' metrics of their own batches (stacked in the order of ks), without gradients: the model's
+        ``batch_metrics(batch, stage)`` where it has one, else its loss under the name ``loss``."""
+        method, args = ("batch_metrics", (stage,)) if has_batch_metrics(self.base.module) else ("loss", ())
+        caller = self._caller
+
+        def call(params: dict[str, Tensor], buffers: dict[str, Tensor], one: Any) -> Any:
+            state = (params, buffers) if buffers else params
+            return functional_call(caller, state, (method, one, *args), tie_weights=self._tied)
+
+        params, buffers = self._subset(ks)
+        with torch.no_grad():
+            found = vmap(call)(params, buffers, batch)
+        return found if isinstance(found, dict) else {"loss": found}
 
     def sgd_step(self, grads: dict[str, Tensor], lrs: Tensor, active: list[int]) -> None:
-        """p ← p − lr·g for each active member: addcmul with −lr rounds as torch.optim.SGD's add(g, alpha=−lr)."""
+        """p ← p − lr·g for each active member, given the gradients of all members or of the active ones (in
+        their order): addcmul with −lr rounds as torch.optim.SGD's add(g, alpha=−lr)."""
         rate = -lrs
         for name, param in self.params.items():
             shape = (-1,) + (1,) * (param.dim() - 1)
@@ -162,7 +260,8 @@ class StackedModel:
                 param.addcmul_(grads[name], rate.view(shape))
             else:  # a stopped member stays as it is, even where its gradient is not finite
                 index = torch.tensor(active)
-                param[index] = torch.addcmul(param[index], grads[name][index], rate[index].view(shape))
+                grad = grads[name] if len(grads[name]) == len(active) else grads[name][index]
+                param[index] = torch.addcmul(param[index], grad, rate[index].view(shape))
 
     def load_into(self, k: int, model: nn.Module | None = None) -> nn.Module:
         """Member k's parameters copied into its own model (or the one given), which is returned."""
@@ -202,10 +301,13 @@ class CohortModule(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         active = self.members.active()
+        ks = None if len(active) == len(self.lrs) else active  # once some have stopped, the others alone
         with torch.enable_grad():
-            losses, grads = self.stacked.loss_and_grad(batch)
+            losses, grads = self.stacked.loss_and_grad(batch, ks)
         with torch.no_grad():
             self.stacked.sgd_step(grads, self.lrs, active)
+            if ks is not None:  # the K losses, a stopped member's 0 (after_step reads the active members' only)
+                losses = torch.zeros_like(self.lrs, dtype=losses.dtype).index_copy_(0, torch.tensor(ks), losses)
         last = batch_idx == len(self.loader) - 1
         if self.members.after_step(losses.detach(), batch, active, self.trainer.current_epoch, last):
             self.trainer.should_stop = True

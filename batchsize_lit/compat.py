@@ -225,3 +225,54 @@ def improved_best_score(callback: EarlyStopping, before: Tensor) -> bool:
     before the check. Reason: undocumented; Lightning assigns best_score the new value only on an improvement, and
     never changes the tensor in place."""
     return callback.best_score is not before
+
+
+# --- cohorts ---
+
+
+def indexes_tensors(loader: object) -> bool:
+    """Whether iterating this DataLoader yields ``[t[indices] for t in dataset.tensors]`` for each list of indices
+    its ``batch_sampler`` yields, and draws from the global generator only at ``iter(loader)`` (the base seed of
+    its workers) and through its sampler. Reason: a cohort cuts its members' batches by indexing, drawing the same
+    random numbers, instead of fetching and collating each example; that the single-process iterator draws nothing
+    more per batch, and that default_collate returns a list for a TensorDataset's tuples, are torch's undocumented
+    behaviour."""
+    # imported here, so that sections appended by others leave the module's imports alone
+    from torch.utils.data import (
+        BatchSampler,
+        DataLoader,
+        RandomSampler,
+        SequentialSampler,
+        TensorDataset,
+        default_collate,
+    )
+
+    return (
+        type(loader) is DataLoader
+        and loader.num_workers == 0
+        and not loader.pin_memory
+        and type(loader.dataset) is TensorDataset
+        and loader.collate_fn is default_collate
+        and type(loader.batch_sampler) is BatchSampler
+        and type(loader.sampler) in (RandomSampler, SequentialSampler)
+    )
+
+
+def sampler_order(sampler: object) -> object:
+    """One pass of a SequentialSampler, or of a RandomSampler without replacement over all its data and with no
+    generator of its own, as a tensor, drawing from the global generator what iterating it draws; None for any
+    other sampler. Reason: RandomSampler.__iter__ draws a seed from the global generator, then yields
+    torch.randperm(n) under a generator seeded with it, index by index in Python (a second per example, for a
+    cohort of plain DataLoaders that runs a thousand epochs)."""
+    import torch
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    if type(sampler) is SequentialSampler:
+        return torch.arange(len(sampler))
+    if type(sampler) is not RandomSampler or sampler.replacement or sampler.generator is not None:
+        return None
+    n = len(sampler.data_source)
+    if sampler.num_samples != n:
+        return None
+    seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))

@@ -315,6 +315,14 @@ class GradientNoiseScale(pl.Callback):
         self._examples, self._population = gathered
         self._settle(trainer, pl_module, self._try(pl_module, self._examples))
 
+    def use_examples(self, loader: Any) -> None:
+        """Measure per-example gradients over this loader's examples, read as ``on_train_start`` reads them but
+        not tried on the model (a study's cohort has tried one of its members); the global generators untouched."""
+        with isolate_rng():
+            gathered = _examples(loader, self.max_examples)
+        self.method = "per_example"
+        self._examples, self._population = gathered if gathered is not None else (None, None)
+
     def _settle(self, trainer: pl.Trainer, pl_module: pl.LightningModule, failure: str | None) -> None:
         """Choose the estimator, given why the per-example one cannot run (None: it can), and say so in one line."""
         if failure is None:
@@ -467,6 +475,11 @@ class StepsToTarget(pl.Callback):
         self._weights: list[dict[str, Tensor] | None] = []
         self._val: Any = None
         self._seen_monitor = False
+
+    @property
+    def validation_data(self) -> Any:
+        """The validation data as one batch, on which ``loss(batch)`` is checked every_n_steps (None otherwise)."""
+        return self._val
 
     @property
     def reached_step(self) -> int | None:

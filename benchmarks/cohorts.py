@@ -9,6 +9,7 @@ work does not inflate as much.
 """
 
 import argparse
+import csv
 import json
 import re
 import resource
@@ -36,9 +37,32 @@ def timed(command: list[str]) -> tuple[str, float, float]:
     return done.stdout, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def steps_of(folder: Path) -> dict[str, int | None]:
+def steps_of(folder: Path, suffix: str = "") -> dict[str, int | None]:
+    """Each cell's steps to the target of this suffix (the hardest by default; _1, _2, ... easiest first)."""
     rows = [json.loads(path.read_text())["row"] for path in sorted(folder.glob("*/result.json"))]
-    return {row["cell"]: row.get("steps_to_target") for row in rows}
+    return {row["cell"]: row.get(f"steps_to_target{suffix}") for row in rows}
+
+
+def b_crits(folder: Path) -> list[float]:
+    """B_crit of each target, easiest first, from the study's critical_batch.csv."""
+    with open(folder / "critical_batch.csv") as file:
+        return [float(row["b_crit"]) for row in csv.DictReader(file)]
+
+
+def compare_targets(root: Path, numbers: dict) -> None:
+    """Steps to each target, and each target's B_crit, of the cohorts against --cohorts off."""
+    count = targets(root / "off")
+    rows = []
+    for index, (off, cohorts) in enumerate(zip(b_crits(root / "off"), b_crits(root / "cohorts"), strict=True), 1):
+        suffix = f"_{index}" if count > 1 else ""
+        same, close, beyond = agreement(steps_of(root / "off", suffix), steps_of(root / "cohorts", suffix))
+        rows.append({"target": index, "identical": same, "within_2pc": close, "beyond": len(beyond),
+                     "b_crit_off": off, "b_crit_cohorts": cohorts, "b_crit_change": cohorts / off - 1})  # fmt: skip
+        print(f"target {index}: steps {same} identical, {close} within 2%, {len(beyond)} beyond; B_crit {off:.4g} off,"
+              f" {cohorts:.4g} cohorts ({100 * (cohorts / off - 1):+.2f}%)")  # fmt: skip
+        for line in beyond[:5]:
+            print(f"  {line}")
+    numbers["by_target"] = rows
 
 
 def agreement(one: dict[str, int | None], two: dict[str, int | None]) -> tuple[int, int, list[str]]:
@@ -102,6 +126,7 @@ def measure(args: argparse.Namespace, numbers: dict) -> None:
     print(f"steps to target, cohorts vs off: {same}/{cells} identical, {close} within 2%, {len(beyond)} beyond")
     for line in beyond[:10]:
         print(f"  {line}")
+    compare_targets(root, numbers)
     ratio = results["cohorts"]["wall"] / results["off"]["wall"]
     cpu_ratio = results["cohorts"]["cpu"] / results["off"]["cpu"]
     print(f"cohorts / off: {ratio:.3f} wall, {cpu_ratio:.3f} CPU")

@@ -5,6 +5,8 @@ import shutil
 
 import pytest
 
+from batchsize_lit.problems.digits import MLPClassifier
+
 from helpers import read_csv, run, scalars, write_study
 
 # Early stopping with restore, validation every epoch, a target checked every 5 steps, no checkpoints: lr 3.0
@@ -152,6 +154,48 @@ def test_a_forks_cohort_with_plain_dataloaders_equals_its_serial_cells(workdir, 
     assert_same_cells(serial, cohort, exact=False)
 
 
+# The digits critical-batch study in small: an MLP on plain DataLoaders whose validation logs val_acc beside
+# val_loss (every epoch here, so that its tags are written), two targets checked every step.
+DIGITS_BASE = {
+    "model": {"class_path": "batchsize_lit.problems.digits.MLPClassifier", "init_args": {"hidden": 16}},
+    "data": {"class_path": "batchsize_lit.problems.digits.DigitsDataModule"},
+    "early_stopping": {"patience": None, "restore_best_weights": False},
+    "checkpoint": {"save_top_k": 0, "save_last": False},
+    "trainer": {
+        "accelerator": "cpu",
+        "max_epochs": -1,
+        "max_steps": 40,
+        "check_val_every_n_epoch": 1,
+        "callbacks": [
+            {
+                "class_path": "batchsize_lit.science.StepsToTarget",
+                "init_args": {"target": [1.2, 0.9], "every_n_steps": 1, "hold": 3},
+            },
+            {"class_path": "batchsize_lit.science.GradientNoiseScale", "init_args": {"every_n_epochs": None}},
+        ],
+    },
+}
+
+
+def test_a_digits_cohort_with_validation_accuracy_equals_its_serial_cells(workdir, capsys):
+    grid = {"data.batch_size": [128, 256], "model.lr": [0.2, 0.8], "seed_everything": [0, 1]}
+    serial = study(workdir, grid, DIGITS_BASE, "serial", "--cohorts", "off")
+    cohort = study(workdir, grid, DIGITS_BASE, "cohort")
+    out = capsys.readouterr().out
+    assert "8 cells in 2 cohorts" in out and "cohorts off:" not in out
+    rows = assert_same_cells(serial, cohort, exact=False)  # the vmapped cross-entropy sums in another order
+    assert all(row["val_acc"] and row["test_acc"] for row in rows)
+    assert any(row["steps_to_target_2"] for row in rows) and any(not row["steps_to_target_2"] for row in rows)
+    tags = set().union(*(scalars(cohort / row["cell"]).keys() for row in rows))
+    assert {"val_acc", "val_loss", "target/steps_2", "gns/b_simple"} <= tags
+
+
+class DigitsWithoutBatchMetrics(MLPClassifier):
+    """The digits MLP as a fork might write it: its validation logs val_acc, and it has no batch_metrics."""
+
+    batch_metrics = None
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
@@ -161,7 +205,7 @@ def test_a_forks_cohort_with_plain_dataloaders_equals_its_serial_cells(workdir, 
         ({"trainer": {"accelerator": "cpu", "max_epochs": 2, "accumulate_grad_batches": 2}}, "accumulate_grad"),
         (
             {
-                "model": {"class_path": "batchsize_lit.problems.digits.MLPClassifier"},
+                "model": {"class_path": "test_cohorts.DigitsWithoutBatchMetrics"},
                 "data": {"class_path": "batchsize_lit.problems.digits.DigitsDataModule"},
                 "early_stopping": {"patience": 2},
             },

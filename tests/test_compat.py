@@ -454,3 +454,50 @@ def test_early_stopping_replaces_best_score_only_on_an_improvement(tmp_path):
     trainer.fit(Scripted())
     assert callback.improved == [True, False, True, False, True]
     assert float(callback.best_score) == pytest.approx(0.4)
+
+
+# --- cohorts ---
+
+
+def test_a_plain_dataloader_over_tensors_yields_indexed_tensors_drawing_only_at_iter_and_through_its_sampler():
+    """What a cohort's batches of plain DataLoaders rely on: the batches equal the tensors indexed by the
+    batch_sampler's indices, and the global generator ends in the same state, when the sampler is iterated apart
+    from the loader's own iterator."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dataset = TensorDataset(torch.randn(23, 3), torch.arange(23))
+    for shuffle in (True, False):
+        loader = DataLoader(dataset, batch_size=5, shuffle=shuffle)
+        assert compat.indexes_tensors(loader)
+        torch.manual_seed(7)
+        batches = [list(batch) for _ in range(2) for batch in loader]
+        state = torch.get_rng_state()
+        torch.manual_seed(7)
+        cut = []
+        for _ in range(2):
+            iter(loader)
+            cut += [[t[indices] for t in dataset.tensors] for indices in loader.batch_sampler]
+        assert torch.equal(torch.get_rng_state(), state)
+        assert all(type(b) is list for b in batches)
+        assert all(
+            torch.equal(a, b) for one, two in zip(batches, cut, strict=True) for a, b in zip(one, two, strict=True)
+        )
+    assert not compat.indexes_tensors(DataLoader(dataset, batch_size=5, collate_fn=lambda items: items))
+
+
+def test_a_random_sampler_pass_is_a_randperm_seeded_from_the_global_generator():
+    """What a cohort's plain DataLoaders rely on: the order sampler_order gives is the sampler's own, and the global
+    generator ends in the same state."""
+    import torch
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    data = list(range(23))
+    for sampler in (RandomSampler(data), SequentialSampler(data)):
+        torch.manual_seed(3)
+        order, state = list(sampler), torch.get_rng_state()
+        torch.manual_seed(3)
+        assert compat.sampler_order(sampler).tolist() == order
+        assert torch.equal(torch.get_rng_state(), state)
+    assert compat.sampler_order(RandomSampler(data, replacement=True)) is None
+    assert compat.sampler_order(RandomSampler(data, num_samples=5)) is None

@@ -122,6 +122,13 @@ class DigitsClassifier(pl.LightningModule):
         x, y = batch
         return F.cross_entropy(self(x), y)
 
+    def batch_metrics(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
+        """The loss and accuracy of the batch that validation (stage ``val``) or test logs, as means over its
+        examples and pure functions of the parameters: a study's cohorts compute them for all members at once."""
+        x, y = batch
+        logits = self(x)
+        return {f"{stage}_loss": F.cross_entropy(logits, y), f"{stage}_acc": (logits.argmax(1) == y).float().mean()}
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
 

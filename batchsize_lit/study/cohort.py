@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, ModelCheckpoint, RunHistory
-from batchsize_lit.cohort_module import CohortLoader, CohortModule, StackedModel, stack_batches
+from batchsize_lit.cohort_module import CohortLoader, CohortModule, StackedModel, has_batch_metrics, stack_batches
 from batchsize_lit.errors import one_line
 from batchsize_lit.outputs import batch_samples
 from batchsize_lit.problem import has_loss
@@ -143,8 +143,9 @@ def _callback_problem(trainer: Trainer) -> str | None:
 
 def _model_problem(cli: Any) -> str | None:
     """Whether training_step is loss(batch) and logs nothing, validation logs just the monitor as the mean of
-    loss(batch), and vmap runs the model: tried on the first cell's first batches, leaving no trace."""
-    model, datamodule, monitor = cli.model, cli.datamodule, find_callback(cli.trainer, RunHistory).monitor
+    loss(batch) (or, for a model with batch_metrics, just the means of those), and vmap runs the model: tried on
+    the first cell's first batches, leaving no trace."""
+    model, datamodule = cli.model, cli.datamodule
     with isolate_rng(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -156,19 +157,32 @@ def _model_problem(cli: Any) -> str | None:
                 return "training_step logs its own metrics"
             stacked = StackedModel([model])
             stacked.loss_and_grad(stack_batches([batch]))
+            stacked.metrics([0], stack_batches([batch]), "val")
             loggers, cli.trainer.loggers = cli.trainer.loggers, []
             logged = cli.trainer.validate(model, datamodule, verbose=False)[0]
             cli.trainer.loggers = loggers
         except Exception as error:
             return f"the model cannot run vectorized ({one_line(error)})"
-    if set(logged) != {monitor}:
-        return f"validation logs {', '.join(sorted(logged))}, not just {monitor}"
-    batches = list(datamodule.val_dataloader())
+    return _validation_problem(cli, logged)
+
+
+def _validation_problem(cli: Any, logged: dict[str, float]) -> str | None:
+    """Whether the model's validation logged just the monitor as the mean of loss(batch) over the validation
+    batches, or, where the model has batch_metrics, just the monitor and the others as the means of those."""
+    model, monitor = cli.model, find_callback(cli.trainer, RunHistory).monitor
+    batches = list(cli.datamodule.val_dataloader())
     sizes = [batch_samples(batch) for batch in batches]
+    own = has_batch_metrics(model)
     with torch.no_grad():
-        mean = sum(float(model.loss(b)) * n for b, n in zip(batches, sizes, strict=True)) / sum(sizes)
-    if abs(mean - logged[monitor]) > 1e-4 * max(1.0, abs(mean)):
-        return f"the logged {monitor} is not the mean of loss(batch) over the validation batches"
+        found = [model.batch_metrics(b, "val") if own else {monitor: model.loss(b)} for b in batches]
+    means = {name: sum(float(f[name]) * n for f, n in zip(found, sizes, strict=True)) / sum(sizes) for name in found[0]}
+    if set(logged) != set(means) or monitor not in means:
+        given = f"its batch_metrics give {', '.join(sorted(means))}" if own else f"not just {monitor}"
+        return f"validation logs {', '.join(sorted(logged))}, {given}"
+    for name, mean in means.items():
+        if abs(mean - logged[name]) > 1e-4 * max(1.0, abs(mean)):
+            source = "batch_metrics(batch)" if own else "loss(batch)"
+            return f"the logged {name} is not the mean of {source} over the validation batches"
     return None
 
 
@@ -238,12 +252,17 @@ def _tests(members: list[Member], bookkeeping: Members, stacked: StackedModel) -
         return None
     stacked.load_into(ok[0])
     logged = _test(first)
-    if len(logged) != 1:
+    own = has_batch_metrics(first.model)
+    if not own and len(logged) != 1:
         return None
-    (name, value), values = next(iter(logged.items())), bookkeeping.mean_losses(ok, "test")
-    if not abs(values[0] - value) <= 1e-6 * max(1.0, abs(value)):
+    found = bookkeeping.mean_metrics(ok, "test")
+    if not own:
+        found = [{next(iter(logged)): metrics["loss"]} for metrics in found]
+    if set(found[0]) != set(logged):
         return None
-    return {k: {name: found} for k, found in zip(ok, values, strict=True)}
+    if any(not abs(found[0][name] - value) <= 1e-6 * max(1.0, abs(value)) for name, value in logged.items()):
+        return None
+    return dict(zip(ok, found, strict=True))
 
 
 def _test(cli: Any) -> dict[str, float]:
@@ -263,8 +282,7 @@ def _finish_member(
     cli, metrics = member.cli, {}
     stacked.load_into(k)
     if member.status == "ok":
-        if member.monitor_value is not None:
-            metrics[member.history.monitor] = member.monitor_value
+        metrics.update(member.metrics)
         if tested is None:
             metrics.update(_test(cli))
         else:

@@ -5,14 +5,19 @@ import os
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 
 from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, RunHistory
-from batchsize_lit.cohort_module import MemberStream, StackedModel, member_batch_size, stack_batches
+from batchsize_lit.cohort_module import (
+    MemberStream,
+    StackedModel,
+    has_batch_metrics,
+    member_batch_size,
+    stack_batches,
+)
 from batchsize_lit.outputs import batch_samples
 from batchsize_lit.problem import reference_facts, run_report
-from batchsize_lit.science import GradientNoiseScale, StepsToTarget, _examples
+from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.trainer_info import find_callback
 
 
@@ -35,6 +40,7 @@ class Member:
         self.validated: int | None = None
         self.last_loss: float | None = None
         self.monitor_value: float | None = None  # the monitor's latest value, as callback_metrics holds it
+        self.metrics: dict[str, float] = {}  # the latest validation's metrics, the monitor among them
         self.best_weights: dict[str, Tensor] | None = None
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -72,6 +78,7 @@ class Members:
         self.log_every = every
         self.early_at_epoch_end = self.val_every == 1 and self.trainer.val_check_interval == 1.0
         self.facts = reference_facts(first.datamodule, first.model)
+        self.own_metrics = has_batch_metrics(first.model)  # else the validation logs the mean loss alone
         self.loss_sums: Tensor | None = None  # per member, this epoch's
         self.batches: list[int] = []
         self._start()
@@ -90,11 +97,7 @@ class Members:
                 start = member.target.on_train_start
                 member.stream.run(lambda start=start, member=member: start(member.as_trainer(), member.cli.model))
             if member.noise is not None:  # as GradientNoiseScale reads them: drawing nothing training would see
-                member.noise.method = "per_example"
-                with isolate_rng():
-                    member.noise._examples, member.noise._population = _examples(
-                        cli.datamodule.train_dataloader(), member.noise.max_examples
-                    )
+                member.noise.use_examples(cli.datamodule.train_dataloader())
 
     def active(self) -> list[int]:
         return [k for k, member in enumerate(self.members) if member.running]
@@ -134,9 +137,10 @@ class Members:
         if target is None or not target.every_n_steps or self.members[active[0]].step % target.every_n_steps:
             return
         with torch.no_grad():
-            values = self.stacked.loss(target._val, shared=True).tolist()
-        for k in active:
-            self._target_check(k, values[k])
+            ks = None if len(active) == len(self.members) else active  # the stopped members left out
+            values = self.stacked.loss(target.validation_data, shared=True, ks=ks).tolist()
+        for k, value in zip(active, values, strict=True):
+            self._target_check(k, value)
 
     def _target_check(self, k: int, value: float) -> None:
         """The member's own StepsToTarget decides, given the member's weights as its state_dict."""
@@ -173,34 +177,38 @@ class Members:
     def _diverge(self, member: Member) -> None:
         member.running, member.status = False, "diverged"
 
-    def mean_losses(self, ks: list[int], stage: str) -> list[float]:
-        """Each member's mean of loss(batch) over its own ``stage`` batches (val or test), weighted by their sizes,
-        all members' batches in one vmap per batch."""
+    def mean_metrics(self, ks: list[int], stage: str) -> list[dict[str, float]]:
+        """Each member's metrics over its own ``stage`` batches (val or test): the mean of each of the model's
+        batch_metrics (else of its loss, named ``loss``) weighted by the batches' sizes, summed in float32 as a
+        MeanMetric sums; all members' batches in one vmap per batch."""
         loaders = [getattr(self.members[k].cli.datamodule, f"{stage}_dataloader")() for k in ks]
         batches = [
             self.members[k].stream.run(lambda loader=loader: list(loader))
             for k, loader in zip(ks, loaders, strict=True)
         ]
-        params = {name: p[ks] for name, p in self.stacked.params.items()}
-        buffers = {name: b[ks] for name, b in self.stacked.buffers.items()}
-        total, count = None, 0
-        with torch.no_grad():
-            for parts in zip(*batches, strict=True):
-                size = batch_samples(parts[0])
-                values = torch.func.vmap(self.stacked._loss)(params, buffers, stack_batches(list(parts))) * size
-                total, count = values if total is None else total + values, count + size
-        return [float(total[i] / count) for i in range(len(ks))]
+        totals: dict[str, Tensor] = {}
+        count = 0
+        for parts in zip(*batches, strict=True):
+            size = batch_samples(parts[0])
+            for name, values in self.stacked.metrics(ks, stack_batches(list(parts)), stage).items():
+                totals[name] = values * size if name not in totals else totals[name] + values * size
+            count += size
+        means = {name: (total / count).tolist() for name, total in totals.items()}
+        return [{name: values[i] for name, values in means.items()} for i in range(len(ks))]
 
     def _validate(self, ks: list[int], epoch: int) -> None:
-        """The monitor of each validating member: the mean of loss(batch) over its validation batches (the model's
-        own validation was checked to log just that, when the cohort was formed)."""
-        for k, value in zip(ks, self.mean_losses(ks, "val"), strict=True):
+        """The metrics of each validating member, the monitor among them: the means of the model's batch_metrics,
+        or of loss(batch) under the monitor's name, over its validation batches (the model's own validation was
+        checked to log just these, when the cohort was formed)."""
+        for k, found in zip(ks, self.mean_metrics(ks, "val"), strict=True):
             member = self.members[k]
-            member.monitor_value, member.validated = value, epoch
             history = member.history
+            metrics = found if self.own_metrics else {history.monitor: found["loss"]}
+            value = metrics[history.monitor]
+            member.monitor_value, member.metrics, member.validated = value, metrics, epoch
             member.log({f"by_epoch/{history.monitor}": value}, epoch + 1)
             member.log({f"by_samples/{history.monitor}": value}, history.samples)
-            member.log({history.monitor: value, "epoch": epoch}, member.step - 1)  # where Lightning logs it
+            member.log({**metrics, "epoch": epoch}, member.step - 1)  # where Lightning logs them
             if member.target is not None and not member.target.every_n_steps:
                 self._target_check(k, value)
             if not self.early_at_epoch_end:
