@@ -42,30 +42,39 @@ def study(workdir, grid, base, name, *args):
     return workdir / "lightning_logs" / name
 
 
-def close(one, two):
-    """Equal, or for numbers equal up to float32 rounding: a fork's validation loss is Lightning's mean of batch
-    means, which a cohort sums in another order."""
+def close(one, two, rel=1e-5):
+    """Equal, or for numbers equal up to float32 rounding. A cohort's batched kernels (bmm under vmap, the vmapped
+    cross-entropy's mean) may round in another order than a single model's: bit-equal on some CPUs, an ulp apart
+    on others (AVX-512). Counts (steps, epochs, steps to a target) differ by far more than 1e-5 when they differ."""
     try:
-        return float(one) == pytest.approx(float(two), rel=1e-5)
+        return float(one) == pytest.approx(float(two), rel=rel)
     except (TypeError, ValueError):
         return one == two
 
 
-def assert_same_cells(serial, cohort, exact=True):
-    """Every row equal but the seconds, and every cell's event file holding the same scalars (bit for bit where
-    exact, else up to rounding)."""
+def tolerance(name):
+    """The noise scales (b_simple, b_noise, the gns/ tags, and B_crit/B_simple) are ratios of differences of squared
+    gradient norms, which turn an ulp in the weights into a few parts in 10^5; estimates whose quartiles over seeds
+    span a factor of 2."""
+    return 1e-3 if name.startswith("gns/") or any(k in name for k in ("b_simple", "b_noise", "ratio")) else 1e-5
+
+
+def assert_same_cells(serial, cohort):
+    """Every row equal but the seconds, and every cell's event file holding the same tags at the same steps, values
+    up to float rounding (``close``)."""
     rows, cohort_rows = read_csv(serial / "results.csv"), read_csv(cohort / "results.csv")
     assert [row["cell"] for row in rows] == [row["cell"] for row in cohort_rows]
     for row, cohort_row in zip(rows, cohort_rows, strict=True):
         row.pop("seconds"), cohort_row.pop("seconds")
-        assert row == cohort_row if exact else all(close(row[k], cohort_row[k]) for k in row), row["cell"]
+        assert row.keys() == cohort_row.keys(), row["cell"]
+        assert [k for k in row if not close(row[k], cohort_row[k], tolerance(k))] == [], row["cell"]
         events, cohort_events = scalars(serial / row["cell"]), scalars(cohort / row["cell"])
-        if exact:
-            assert events == cohort_events, row["cell"]
         assert events.keys() == cohort_events.keys()
         for tag, values in events.items():
             assert [step for step, _ in values] == [step for step, _ in cohort_events[tag]], tag
-            assert all(close(a, b) for (_, a), (_, b) in zip(values, cohort_events[tag], strict=True)), tag
+            assert all(
+                close(a, b, tolerance(tag)) for (_, a), (_, b) in zip(values, cohort_events[tag], strict=True)
+            ), tag
         assert len(list((cohort / row["cell"]).glob("events.out.tfevents.*"))) == 1
         # config.yaml as the cell's own fit writes it (a cohort derives it from one parsed cell), but the folder
         config, serial_config = (folder / row["cell"] / "config.yaml" for folder in (cohort, serial))
@@ -120,13 +129,15 @@ def test_cohorts_with_several_targets_equal_serial_cells_and_their_critical_batc
     out = capsys.readouterr().out
     assert "12 cells in 3 cohorts" in out and "cohorts off:" not in out
     rows = assert_same_cells(serial, cohort)
-    # The same rows give the same fits, up to the last bits of torch.linalg.lstsq, which vary from call to call
-    # with several threads.
+    # The same steps give the same fits, up to the last bits of torch.linalg.lstsq, which vary from call to call
+    # with several threads; the noise scales' medians up to their own rounding.
     fits, cohort_fits = read_csv(serial / "critical_batch.csv"), read_csv(cohort / "critical_batch.csv")
     assert [list(fit) for fit in fits] == [list(fit) for fit in cohort_fits]
     for fit, cohort_fit in zip(fits, cohort_fits, strict=True):
         assert [k for k in fit if fit[k]] == [k for k in cohort_fit if cohort_fit[k]]
-        assert all(float(fit[k]) == pytest.approx(float(cohort_fit[k]), rel=1e-12) for k in fit if fit[k]), fit
+        assert [
+            k for k in fit if fit[k] and not close(fit[k], cohort_fit[k], 1e-3 if tolerance(k) > 1e-5 else 1e-12)
+        ] == [], fit
     # every target reached by some cell and missed by another, its noise scale measured at its own weights
     for index in (1, 2, 3):
         steps = [row[f"steps_to_target_{index}"] for row in rows]
@@ -151,7 +162,7 @@ def test_a_forks_cohort_with_plain_dataloaders_equals_its_serial_cells(workdir, 
     serial = study(workdir, grid, FORK_BASE, "serial", "--cohorts", "off")
     cohort = study(workdir, grid, FORK_BASE, "cohort")
     assert "6 cells in 1 cohorts" in capsys.readouterr().out
-    assert_same_cells(serial, cohort, exact=False)
+    assert_same_cells(serial, cohort)
 
 
 # The digits critical-batch study in small: an MLP on plain DataLoaders whose validation logs val_acc beside
@@ -183,7 +194,7 @@ def test_a_digits_cohort_with_validation_accuracy_equals_its_serial_cells(workdi
     cohort = study(workdir, grid, DIGITS_BASE, "cohort")
     out = capsys.readouterr().out
     assert "8 cells in 2 cohorts" in out and "cohorts off:" not in out
-    rows = assert_same_cells(serial, cohort, exact=False)  # the vmapped cross-entropy sums in another order
+    rows = assert_same_cells(serial, cohort)  # the vmapped cross-entropy sums in another order
     assert all(row["val_acc"] and row["test_acc"] for row in rows)
     assert any(row["steps_to_target_2"] for row in rows) and any(not row["steps_to_target_2"] for row in rows)
     tags = set().union(*(scalars(cohort / row["cell"]).keys() for row in rows))
