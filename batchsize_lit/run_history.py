@@ -67,8 +67,7 @@ class RunHistory(pl.Callback):
         if stage == "fit" and self.log_every_epoch:
             batches = steps_per_epoch(trainer, pl_module)
             steps = None if batches is None else math.ceil(batches / trainer.accumulate_grad_batches)  # optimizer steps
-            if steps is not None and 0 < steps < trainer.log_every_n_steps:
-                trainer.log_every_n_steps = steps
+            trainer.log_every_n_steps = epoch_log_interval(trainer.log_every_n_steps, steps)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._facts = reference_facts(trainer.datamodule, pl_module)
@@ -167,3 +166,9 @@ class RunHistory(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"by_epoch/{name}": value}, step=epoch)
             logger.log_metrics({f"by_samples/{name}": value}, step=self.samples)
+
+
+def epoch_log_interval(every: int, steps: int | None) -> int:
+    """Lightning logs every ``every`` optimizer steps: lowered to the steps of an epoch where an epoch has fewer, so
+    that every epoch logs its train loss at least once (the history's log_every_epoch)."""
+    return steps if steps is not None and 0 < steps < every else every

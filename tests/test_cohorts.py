@@ -7,7 +7,7 @@ import pytest
 
 from batchsize_lit.problems.digits import MLPClassifier
 
-from helpers import read_csv, run, scalars, write_study
+from helpers import hparams, read_csv, run, scalars, write_study
 
 # Early stopping with restore, validation every epoch, a target checked every 5 steps, no checkpoints: lr 3.0
 # diverges, the others stop early or run out of epochs at different epochs.
@@ -59,6 +59,14 @@ def tolerance(name):
     return 1e-3 if name.startswith("gns/") or any(k in name for k in ("b_simple", "b_noise", "ratio")) else 1e-5
 
 
+def hparams_tab(run_folder):
+    """The run's HParams tab, or {} where it wrote none (a diverged run)."""
+    try:
+        return hparams(run_folder)
+    except KeyError:
+        return {}
+
+
 def assert_same_cells(serial, cohort):
     """Every row equal but the seconds, and every cell's event file holding the same tags at the same steps, values
     up to float rounding (``close``)."""
@@ -76,6 +84,8 @@ def assert_same_cells(serial, cohort):
                 close(a, b, tolerance(tag)) for (_, a), (_, b) in zip(values, cohort_events[tag], strict=True)
             ), tag
         assert len(list((cohort / row["cell"]).glob("events.out.tfevents.*"))) == 1
+        tab, cohort_tab = hparams_tab(serial / row["cell"]), hparams_tab(cohort / row["cell"])  # a diverged: none
+        assert tab.keys() == cohort_tab.keys() and all(close(tab[k], cohort_tab[k]) for k in tab), row["cell"]
         # config.yaml as the cell's own fit writes it (a cohort derives it from one parsed cell), but the folder
         config, serial_config = (folder / row["cell"] / "config.yaml" for folder in (cohort, serial))
         assert config.read_text().replace(cohort.name, "X") == serial_config.read_text().replace(serial.name, "X")

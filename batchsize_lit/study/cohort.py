@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, ModelCheckpoint, RunHistory
 from batchsize_lit.cohort_module import CohortLoader, CohortModule, StackedModel, has_batch_metrics, stack_batches
 from batchsize_lit.errors import one_line
+from batchsize_lit.hparams_tab import log_tab, tab_params
 from batchsize_lit.outputs import batch_samples
 from batchsize_lit.problem import has_loss
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
@@ -302,18 +303,14 @@ def _finish_member(
 def _log_hparams(member: Member, lr: float) -> None:
     """The hparams tab, as RunHistory writes it at the end of a fit."""
     cli, history = member.cli, member.history
-    params = {
-        **cli.model.hparams,
-        **(getattr(cli.datamodule, "hparams", None) or {}),
+    run = {
         "seed_everything": member.seed,
         "batch_size": cli.datamodule.hparams.get("batch_size"),
         "global_batch_size": global_batch_size(cli.trainer, cli.datamodule),
         "lr_effective": lr,
         "max_epochs": cli.trainer.max_epochs,
     }
-    params = {key: value for key, value in params.items() if not key.startswith("_")}
+    params = tab_params(cli.model, cli.datamodule, run, history.hparam_keys)
     best = history.best()
-    metrics = {f"hp/{history.monitor}_best": best[0] if best else None, "hp/train_loss": history.last("train_loss")}
-    metrics = {key: value for key, value in metrics.items() if value is not None}
-    if member.logger is not None:
-        member.logger.log_hyperparams(params, metrics)
+    loggers = [member.logger] if member.logger is not None else []
+    log_tab(loggers, params, history.monitor, best[0] if best else None, history.last("train_loss"), member.step)

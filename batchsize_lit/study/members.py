@@ -17,6 +17,7 @@ from batchsize_lit.cohort_module import (
 )
 from batchsize_lit.outputs import batch_samples
 from batchsize_lit.problem import reference_facts, run_report
+from batchsize_lit.run_history import epoch_log_interval
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.trainer_info import find_callback
 
@@ -73,9 +74,7 @@ class Members:
         self.val_every = self.trainer.check_val_every_n_epoch
         n_batches = len(first.datamodule.train_dataloader())
         every = self.trainer.log_every_n_steps
-        if members[0].history.log_every_epoch and 0 < n_batches < every:  # as RunHistory.setup lowers it
-            every = n_batches
-        self.log_every = every
+        self.log_every = epoch_log_interval(every, n_batches) if members[0].history.log_every_epoch else every
         self.early_at_epoch_end = self.val_every == 1 and self.trainer.val_check_interval == 1.0
         self.facts = reference_facts(first.datamodule, first.model)
         self.own_metrics = has_batch_metrics(first.model)  # else the validation logs the mean loss alone
