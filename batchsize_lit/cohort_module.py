@@ -1,9 +1,8 @@
 """A LightningModule that trains K copies of one model at once: stacked parameters, a vmapped loss, plain SGD."""
 
 import copy
-import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -14,22 +13,8 @@ from torch.utils.data import SequentialSampler
 
 from batchsize_lit.compat import indexes_tensors, sampler_order
 from batchsize_lit.data import EpochShuffleSampler, InMemoryDataset, InMemoryLoader, TensorBatchSampler
+from batchsize_lit.problem import has_batch_metrics
 from batchsize_lit.science import _LossOf
-
-
-class HasBatchMetrics(Protocol):
-    """What a model whose validation (or test) logs more than the mean of ``loss(batch)`` gives a study's cohorts:
-    the metrics that stage logs, of one batch, each the mean over the batch's examples (``val_loss`` and
-    ``val_acc`` for stage ``val``, say), as pure functions of the parameters and the batch, as HasLoss's ``loss``.
-    A cohort computes every member's with vmap, and a logged value as the mean over the stage's batches weighted by
-    their sizes; it checks, on one member, that these equal what the model's own validation logs."""
-
-    def batch_metrics(self, batch: Any, stage: str) -> dict[str, Tensor]: ...
-
-
-def has_batch_metrics(model: Any) -> bool:
-    """Whether the model's class defines HasBatchMetrics' ``batch_metrics(batch, stage)``."""
-    return inspect.isfunction(getattr(type(model), "batch_metrics", None))
 
 
 class _Call(nn.Module):

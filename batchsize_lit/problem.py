@@ -58,6 +58,21 @@ def has_loss(model: Any) -> bool:
     return inspect.isfunction(getattr(type(model), "loss", None))
 
 
+class HasBatchMetrics(Protocol):
+    """What a model whose validation (or test) logs more than the mean of ``loss(batch)`` gives a study's cohorts:
+    the metrics that stage logs, of one batch, each the mean over the batch's examples (``val_loss`` and
+    ``val_acc`` for stage ``val``, say), as pure functions of the parameters and the batch, as HasLoss's ``loss``.
+    A cohort computes every member's with vmap, and a logged value as the mean over the stage's batches weighted by
+    their sizes; it checks, on one member, that these equal what the model's own validation logs."""
+
+    def batch_metrics(self, batch: Any, stage: str) -> dict[str, Tensor]: ...
+
+
+def has_batch_metrics(model: Any) -> bool:
+    """Whether the model's class defines HasBatchMetrics' ``batch_metrics(batch, stage)``."""
+    return inspect.isfunction(getattr(type(model), "batch_metrics", None))
+
+
 def reference_facts(*parts: Any) -> dict[str, float]:
     """The reference facts of every part (model, data module) that provides them, merged."""
     facts: dict[str, float] = {}

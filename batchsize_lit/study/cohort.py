@@ -12,11 +12,11 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, ModelCheckpoint, RunHistory
-from batchsize_lit.cohort_module import CohortLoader, CohortModule, StackedModel, has_batch_metrics, stack_batches
+from batchsize_lit.cohort_module import CohortLoader, CohortModule, StackedModel, stack_batches
 from batchsize_lit.errors import one_line
 from batchsize_lit.hparams_tab import log_tab, tab_params
 from batchsize_lit.outputs import batch_samples
-from batchsize_lit.problem import has_loss
+from batchsize_lit.problem import has_batch_metrics, has_loss
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.signals import Terminated, is_sigterm
 from batchsize_lit.study.members import Member, Members

@@ -11,12 +11,11 @@ from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, RunHistory
 from batchsize_lit.cohort_module import (
     MemberStream,
     StackedModel,
-    has_batch_metrics,
     member_batch_size,
     stack_batches,
 )
 from batchsize_lit.outputs import batch_samples
-from batchsize_lit.problem import reference_facts, run_report
+from batchsize_lit.problem import has_batch_metrics, reference_facts, run_report
 from batchsize_lit.run_history import epoch_log_interval
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
 from batchsize_lit.trainer_info import find_callback
