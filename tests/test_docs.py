@@ -33,6 +33,33 @@ def compared(study: str) -> list[str]:
     return steps or ["steps", "train_loss", "monitor_best"]
 
 
+def stable_cells(rows: list[dict], columns: list[str]) -> list[int]:
+    """The cells away from the edge of stability: below the grid's largest learning rate, with every seed of their
+    setting ok and its steps to each target within 50% of their mean. At the edge an ulp of another CPU's rounding
+    (AVX-512 kernels against AVX2 ones) moves a target by dozens of steps: measured, digits at batch 512 and lr 1.6,
+    seed 4, reached it at step 109 on one CPU and 75 on another."""
+    targets = [column for column in columns if column.startswith("steps_to_target")]
+    top = max((row["lr"] for row in rows if row.get("lr") is not None), default=None)
+    setting = lambda row: (row.get("batch_size"), row.get("lr"), row.get("max_epochs"))  # noqa: E731
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(setting(row), []).append(row)
+
+    def stable(group: list[dict]) -> bool:
+        if any(row["status"] != "ok" for row in group) or (targets and group[0].get("lr") == top):
+            return False
+        for column in targets:
+            steps = [row[column] for row in group]
+            if any(step is None for step in steps):
+                return False
+            mean = sum(steps) / len(steps)
+            if max(abs(step - mean) for step in steps) > 0.5 * mean:
+                return False
+        return True
+
+    return [index for index, row in enumerate(rows) if stable(groups[setting(row)])]
+
+
 def test_the_readme_is_what_the_committed_results_generate():
     """`cog -r README.md` regenerates it; a number typed by hand, or results changed without it, fail here."""
     check = subprocess.run([sys.executable, "-m", "cogapp", "--check", "--diff", "README.md"], cwd=ROOT,
@@ -68,10 +95,10 @@ def test_the_committed_critical_batch_csv_is_what_its_results_give(study):
 @pytest.mark.slow
 @pytest.mark.parametrize("study", DOCUMENTED)
 def test_a_rerun_of_random_cells_gives_the_committed_rows(study, tmp_path):
-    """Two cells picked at random (named in the failure) rerun from the shipped config: the same steps to each
-    target, or the same losses."""
+    """Two cells picked at random among the stable ones (named in the failure) rerun from the shipped config: the
+    same steps to each target, and the same losses up to float32 rounding."""
     rows = readme_parts.rows(study)
-    for index in random.sample(range(len(rows)), 2):
+    for index in random.sample(stable_cells(rows, compared(study)), 2):
         done = run_cli("study", "--config", str(CONFIGS / f"{study}.yaml"), "--trial_index", str(index),
                        "--root", str(tmp_path), "--name", "rerun", cwd=tmp_path, timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -79,7 +106,12 @@ def test_a_rerun_of_random_cells_gives_the_committed_rows(study, tmp_path):
         row = json.loads((tmp_path / "rerun" / committed["cell"] / "result.json").read_text())["row"]
         for column in compared(study):
             expected, got = committed.get(column), row.get(column)
-            same = got == expected if isinstance(expected, int) or expected is None else math.isclose(got, expected)
+            # float32 values to rounding: another CPU's kernels (AVX-512 against AVX2) may sum in another order
+            same = (
+                got == expected
+                if isinstance(expected, int) or expected is None
+                else math.isclose(got, expected, rel_tol=1e-5)
+            )
             assert same, f"{study} cell {committed['cell']} (trial_index {index}): {column} {got} != {expected}"
 
 
