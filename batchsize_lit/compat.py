@@ -133,12 +133,6 @@ def subcommand_parsers(parsers: Sequence[Any], subcommands: Sequence[str]) -> di
     return dict(zip(subcommands, parsers[1:], strict=True))
 
 
-def attached_trainer(module: pl.LightningModule) -> Trainer | None:
-    """The Trainer a LightningModule is attached to, or None. Reason: the public ``trainer`` property raises when
-    there is none; Lightning keeps it in the private attribute _trainer."""
-    return module._trainer
-
-
 # --- jsonargparse messages ---
 # jsonargparse (and argparse, which it extends) report bad input in words only: errors.py and the study read the
 # key, the value and the reason from those words, as the installed release writes them (whitespace collapsed to

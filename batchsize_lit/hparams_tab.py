@@ -24,7 +24,7 @@ def run_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule, keys: list[s
 
 def tab_params(model: Any, datamodule: Any, run: dict[str, Any], keys: list[str] | None) -> dict[str, Any]:
     """The model's and data's hyperparameters and the run's own (seed, batch sizes, lr, max_epochs), without
-    LightingCLI's private entries; only those ``keys`` name (config keys or their last part) where given."""
+    LightningCLI's private entries; only those ``keys`` name (config keys or their last part) where given."""
     params = {**model.hparams, **(getattr(datamodule, "hparams", None) or {}), **run}
     params = {key: value for key, value in params.items() if not key.startswith("_")}  # LightningCLI's own
     if keys is not None:  # what varies, so the tab shows it first and nothing constant

@@ -270,14 +270,14 @@ def test_lightning_cli_makes_the_subcommand_parsers_after_the_main_one_in_order(
         assert parser.description.startswith(getattr(Trainer, name).__doc__.strip().splitlines()[0].strip())
 
 
-def test_attached_trainer_is_none_until_a_trainer_runs_the_model(tmp_path):
+def test_a_module_s_trainer_property_raises_until_a_trainer_runs_it(tmp_path):
+    """The regression's effective_lr asks its trainer through the public property and takes RuntimeError as none."""
     model = BoringModel()
-    assert compat.attached_trainer(model) is None
     with pytest.raises(RuntimeError):
-        model.trainer  # noqa: B018  (the public property raises: the reason for attached_trainer)
+        model.trainer  # noqa: B018
     trainer = Trainer(default_root_dir=tmp_path, max_steps=1, logger=False, enable_progress_bar=False)
     trainer.fit(model)
-    assert compat.attached_trainer(model) is trainer
+    assert model.trainer is trainer
 
 
 # --- jsonargparse messages ---
