@@ -79,6 +79,7 @@ class Members:
         self.own_metrics = has_batch_metrics(first.model)  # else the validation logs the mean loss alone
         self.loss_sums: Tensor | None = None  # per member, this epoch's
         self.batches: list[int] = []
+        self.stopped: list[int] = []  # members stopped, their train and fit ends still to run (finish_stopped)
         self._start()
 
     def _start(self) -> None:
@@ -127,7 +128,8 @@ class Members:
             if member.running and (last or member.should_stop or at_max):
                 self._epoch_end(k, epoch)
                 if member.running and (member.should_stop or at_max):
-                    finish(self.members[k], k, self.stacked)
+                    member.running = False  # updated no more; its train and fit ends come after the fit
+                    self.stopped.append(k)
         return not self.active()
 
     def _target_checks(self, active: list[int]) -> None:
@@ -145,11 +147,7 @@ class Members:
         member = self.members[k]
         if member.target.unchanged_by(value):  # most checks: far from every target, nothing to record
             return
-
-        def weights() -> dict[str, Tensor]:
-            return {name: t.detach().clone() for name, t in self.stacked.load_into(k).state_dict().items()}
-
-        if member.target.check(value, member.step, member.history.samples, weights):
+        if member.target.check(value, member.step, member.history.samples, lambda: self.stacked.state_dict(k)):
             member.should_stop = True
 
     def _train_losses(self, losses: Tensor, active: list[int]) -> None:
@@ -253,15 +251,42 @@ def _epoch_due(epoch: int, every: int | None) -> bool:
     return bool(every) and (epoch + 1) % every == 0
 
 
-def finish(member: Member, k: int, stacked: StackedModel) -> None:
-    """A member's train end and fit end, as its cell's callbacks run them: StepsToTarget's own train end (a target
-    still within its hold not reached, the noise scale measured at each target's weights), the best weights
-    restored, StepsToTarget's own fit end (the target/ tags); it is updated no more."""
-    member.running = False
-    target, trainer = member.target, member.as_trainer()
-    if target is not None:
-        target.on_train_end(trainer, stacked.load_into(k))  # measures on the member's model, then puts it back
-    if member.early is not None and member.early.restore_best_weights and member.best_weights is not None:
-        stacked.restore(k, member.best_weights)
-    if target is not None:
-        target.on_fit_end(trainer, stacked.models[k])
+def finish_stopped(bookkeeping: Members) -> None:
+    """The train end and fit end of each member that stopped, as its cell's callbacks run them: StepsToTarget's
+    own train end (a target still within its hold not reached; the noise scale measured at each reached target's
+    weights, for all these members in one vectorized call), the best weights restored, StepsToTarget's own fit end
+    (the target/ tags). Run after the fit: a stopped member is updated and logged no more, so nothing moves."""
+    done, bookkeeping.stopped = bookkeeping.stopped, []
+    members, stacked = bookkeeping.members, bookkeeping.stacked
+    pending = [
+        (k, index, weights)
+        for k in done
+        if members[k].target is not None
+        for index, weights in members[k].target.end_holds(members[k].noise)
+    ]
+    measured = _noise_scales(members, stacked, pending)
+    for k in done:
+        member, trainer = members[k], members[k].as_trainer()
+        if mine := [(n, index, weights) for n, (j, index, weights) in enumerate(pending) if j == k]:
+            if measured:  # logged under gns/ at the member's step, as its cell's measurement is
+                values = [member.noise.record(trainer, measured[n]) for n, _, _ in mine]
+            else:  # one by one, where the members could not be measured together
+                values = member.noise.measure_at(trainer, stacked.models[k], [weights for _, _, weights in mine])
+            member.target.take([(index, weights) for _, index, weights in mine], values)
+        if member.early is not None and member.early.restore_best_weights and member.best_weights is not None:
+            stacked.restore(k, member.best_weights)
+        if member.target is not None:
+            member.target.on_fit_end(trainer, stacked.models[k])
+
+
+def _noise_scales(members: list[Member], stacked: StackedModel, pending: list[tuple]) -> list[dict[str, float]]:
+    """The noise scales at the pending (member, target, weights), each on its member's examples, in one call; [] if
+    there are none, or the members' examples stand for data sets of different sizes, or the call fails."""
+    found = [members[k].noise.examples for k, _, _ in pending]
+    if not pending or len({population for _, population in found}) != 1:
+        return []
+    pairs = [(weights, examples) for (_, _, weights), (examples, _) in zip(pending, found, strict=True)]
+    try:
+        return members[pending[0][0]].noise.measure_pairs(stacked.models[pending[0][0]], pairs, found[0][1])
+    except Exception:  # each member's own measurement then says what failed, as its cell's would
+        return []
