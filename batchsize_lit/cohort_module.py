@@ -205,7 +205,9 @@ class StackedModel:
             batch = apply_to_collection(batch, Tensor, lambda t: t[index])
         params = {name: p.detach().requires_grad_() for name, p in params.items()}
         losses = vmap(self._loss)(params, buffers, batch)
-        grads = torch.autograd.grad(losses.sum(), list(params.values()))
+        grads = torch.autograd.grad(losses.sum(), list(params.values()), allow_unused=True)
+        # A parameter the loss never uses gets no gradient, and SGD leaves it as it is: so does a zero one.
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads, strict=True)]
         return losses.detach(), dict(zip(params, grads, strict=True))
 
     def loss(self, batch: Any, shared: bool = False, ks: list[int] | None = None) -> Tensor:
@@ -270,6 +272,10 @@ class StackedModel:
             return {name: t.detach().clone() for name, t in self.load_into(k).state_dict().items()}
         return {key: stacked[f"module.{key}"][k].clone() for key in self._state_keys}
 
+    def buffers_of(self, k: int) -> dict[str, Tensor]:
+        """Member k's buffers, under its model's names."""
+        return {name.removeprefix("module."): buffer[k] for name, buffer in self.buffers.items()}
+
     def snapshot(self, k: int) -> dict[str, Tensor]:
         return {name: param[k].clone() for name, param in self.params.items()}
 
@@ -308,3 +314,7 @@ class CohortModule(pl.LightningModule):
         last = batch_idx == len(self.loader) - 1
         if self.members.after_step(losses.detach(), batch, active, self.trainer.current_epoch, last):
             self.trainer.should_stop = True
+
+    def on_train_end(self) -> None:
+        """The stopped members' train and fit ends, within the fit: a SIGTERM meanwhile stops the study after them."""
+        self.members.finish_stopped()

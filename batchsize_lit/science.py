@@ -57,7 +57,10 @@ class GradientMoments:
         if self.scatter is not None and len(blocks) > 1:
             blocks = [torch.cat(blocks, dim=1)]
         n, means, squared = len(blocks[0]), [], 0.0
-        for block in blocks:  # in place and one dot product each: no 8 MiB temporaries, 5× faster than pow(2).sum()
+        # In place and one dot product a block: no 8 MiB temporaries, and 5× faster than pow(2).sum() on doubles. A
+        # gradient that no example changes comes from vmap as one expanded row: made whole first.
+        blocks = [block.contiguous() for block in blocks]
+        for block in blocks:
             means.append(block.mean(0))
             centered = block.sub_(means[-1]).reshape(-1)
             squared += float(centered @ centered)
@@ -180,7 +183,8 @@ def _measure_group(
 
     def at(weights: Mapping[str, Tensor] | None, name: str) -> Tensor:  # a parameter or buffer at these weights
         tensor = own[name] if weights is None else weights.get(name.removeprefix("module."), own[name])
-        return tensor.detach().double() if tensor.is_floating_point() else tensor.detach()
+        tensor = tensor.detach().to(own[name].device)
+        return tensor.double() if tensor.is_floating_point() else tensor
 
     stacked = {name: torch.stack([at(weights, name) for weights, _ in group]) for name in own}
     params = {name: stacked[name] for name in trainable}
@@ -297,6 +301,24 @@ def _two_batch_needs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str 
     return None
 
 
+def noise_scales_in_eval(module: nn.Module, pairs: list[tuple[Any, Any]], population: int | None) -> list[dict]:
+    """per_example_noise_scales in eval mode, as ``vmap`` needs, with the training's random numbers untouched;
+    ``pairs`` of a state_dict of the module (None: its own weights) and examples, moved to the module's device
+    (each examples object once, so that pairs sharing one still share it)."""
+    training = module.training
+    module.eval()
+    try:
+        with isolate_rng():  # a loss that draws random numbers must not shift the training's
+            device = next(module.parameters(), torch.empty(0)).device
+            moved = {id(examples): _map_tensors(lambda t: t.to(device), examples) for _, examples in pairs}
+            results = per_example_noise_scales(module, [(w, moved[id(e)]) for w, e in pairs], population)
+    finally:
+        module.train(training)
+    for result in results if population is None else []:  # a loader with no length: no data set size
+        result.pop("b_simple_finite")
+    return results
+
+
 class GradientNoiseScale(pl.Callback):
     """Logs the gradient noise scale B_simple = tr Σ / |G|² under ``gns/`` in TensorBoard, for any model.
 
@@ -399,26 +421,10 @@ class GradientNoiseScale(pl.Callback):
     def _try(self, pl_module: pl.LightningModule, examples: Any) -> str | None:
         """Why per-example gradients of two of the examples cannot be had, or None."""
         try:
-            self.measure_pairs(pl_module, [(None, _map_tensors(lambda t: t[:2], examples))], 2)
+            noise_scales_in_eval(pl_module, [(None, _map_tensors(lambda t: t[:2], examples))], 2)
         except Exception as error:  # whatever vmap or the model raises: the run goes on without this estimator
             return f"vmap cannot run this model's loss(batch): {type(error).__name__}: {one_line(error)[:160]}"
         return None
-
-    def measure_pairs(self, module: nn.Module, pairs: list[tuple[Any, Any]], population: int | None) -> list[dict]:
-        """per_example_noise_scales in eval mode, as ``vmap`` needs, with the training's random numbers untouched;
-        ``pairs`` of a state_dict of the module (None: its own weights) and examples."""
-        training = module.training
-        module.eval()
-        try:
-            with isolate_rng():  # a loss that draws random numbers must not shift the training's
-                device = next(module.parameters(), torch.empty(0)).device
-                pairs = [(weights, _map_tensors(lambda t: t.to(device), examples)) for weights, examples in pairs]
-                results = per_example_noise_scales(module, pairs, population)
-        finally:
-            module.train(training)
-        for result in results if population is None else []:  # a loader with no length: no data set size
-            result.pop("b_simple_finite")
-        return results
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
         if self._kept is None:
@@ -446,7 +452,7 @@ class GradientNoiseScale(pl.Callback):
         if self.method != "per_example" or self._examples is None:
             return [dict(self.last) for _ in states]
         try:
-            found = self.measure_pairs(pl_module, [(state, self._examples) for state in states], self._population)
+            found = noise_scales_in_eval(pl_module, [(state, self._examples) for state in states], self._population)
         except Exception as error:  # a measurement never ends a fit
             failure = f"per-example gradients failed at step {trainer.global_step}: {type(error).__name__}: "
             self._settle(trainer, pl_module, failure + one_line(error)[:160])

@@ -275,3 +275,28 @@ def test_trial_index_runs_its_cell_alone(workdir, capsys):
     folder = study(workdir, GRID, BASE, "array", "--trial_index", "1")
     assert "cohort" not in capsys.readouterr().out
     assert [path.name for path in folder.iterdir()] == ["lr0.05_seed1"]
+
+
+def test_a_forks_cohort_measures_each_member_with_its_own_buffers_and_unused_parameters(workdir, capsys):
+    """The noise scale at each target, of members whose non-persistent buffer differs by seed and whose model has
+    a parameter its loss never uses, equals each cell's own measurement."""
+    base = {
+        **FORK_BASE,
+        "model": {"class_path": "fork.regression.RandomScaleRegressor", "init_args": {"hidden": 8}},
+        "trainer": {
+            **FORK_BASE["trainer"],
+            "callbacks": [
+                {
+                    "class_path": "batchsize_lit.science.StepsToTarget",
+                    "init_args": {"target": 0.45, "every_n_steps": 1, "hold": 1},
+                },
+                {"class_path": "batchsize_lit.science.GradientNoiseScale", "init_args": {"every_n_epochs": None}},
+            ],
+        },
+    }
+    grid = {"model.lr": [0.2], "seed_everything": [0, 1, 2]}
+    serial = study(workdir, grid, base, "serial", "--cohorts", "off")
+    cohort = study(workdir, grid, base, "cohort")
+    assert "3 cells in 1 cohorts" in capsys.readouterr().out
+    rows = assert_same_cells(serial, cohort)
+    assert len({row["b_simple_at_target"] for row in rows if row["b_simple_at_target"]}) == 3, rows

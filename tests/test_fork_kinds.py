@@ -13,7 +13,7 @@ from torch import nn
 
 from batchsize_lit.__main__ import main
 from batchsize_lit.outputs import batch_samples
-from batchsize_lit.science import _concatenate, per_example_noise_scale
+from batchsize_lit.science import _concatenate, per_example_noise_scale, per_example_noise_scales
 
 from fork.sequences import Batch, Pair, make_sequences, unpack
 from helpers import QUIET, read_csv, run, run_cli, scalars
@@ -218,3 +218,43 @@ def test_samples_are_counted_from_any_batch_kind():
     kinds = [(x, y), [x, y], Pair(x, y), Batch(x, y), {"x": x, "y": y}, {"inputs": (x,), "target": y}]
     assert [batch_samples(batch) for batch in kinds] == [5] * len(kinds)
     assert batch_samples({"words": ["a", "b"]}) is None  # nothing to size it by: not counted, and said once
+
+
+@pytest.mark.parametrize("kind", ["dict", "dataclass"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_noise_scales_at_several_weights_equal_each_measured_alone(kind, shared):
+    """One vmap over weight sets (a run's targets on its examples, or a cohort's members each on its own) gives what
+    each state_dict loaded into the model gives alone: BatchNorm's running statistics differ between the states."""
+    make = {"dict": lambda x, y: {"x": x, "y": y}, "dataclass": Batch}[kind]
+    torch.manual_seed(0)
+    model, states, batches = BatchNormNet(), [], []
+    for _ in range(3):
+        x, y = make_sequences(10, 12)
+        model.train()
+        model.net(x * (1 + len(states)))  # other running statistics in each state
+        with torch.no_grad():
+            model.net[1].weight.add_(0.1 * torch.randn_like(model.net[1].weight))
+        states.append(copy.deepcopy(model.state_dict()))
+        batches.append(make(x, y) if not shared or not batches else batches[0])
+    model.eval()
+    together = per_example_noise_scales(model, list(zip(states, batches, strict=True)))
+    for state, batch, found in zip(states, batches, together, strict=True):
+        alone = copy.deepcopy(model)
+        alone.load_state_dict(state)
+        expected = per_example_noise_scale(alone, batch)
+        assert set(found) == set(expected)
+        for key, value in expected.items():
+            assert found[key] == pytest.approx(value, rel=1e-9), key
+    assert len({round(found["b_simple"], 9) for found in together}) == 3  # three different weights measured
+
+
+def test_a_parameter_the_loss_never_uses_adds_nothing_to_the_noise_scale():
+    """vmap gives its per-example gradients as one expanded row of zeros: measured as such, not an error."""
+    torch.manual_seed(0)
+    model = BatchNormNet().eval()
+    x, y = make_sequences(10, 12)
+    plain = per_example_noise_scale(model, {"x": x, "y": y})
+    model.unused = nn.Parameter(torch.ones(5))
+    for max_hessian in (256, 0):  # the rows whole, or a block a parameter
+        found = per_example_noise_scale(model, {"x": x, "y": y}, max_hessian=max_hessian)
+        assert found["b_simple"] == pytest.approx(plain["b_simple"], rel=1e-12)

@@ -18,8 +18,8 @@ from batchsize_lit.hparams_tab import log_tab, tab_params
 from batchsize_lit.outputs import batch_samples
 from batchsize_lit.problem import has_batch_metrics, has_loss
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget
-from batchsize_lit.signals import Terminated, is_sigterm
-from batchsize_lit.study.members import Member, Members, finish_stopped
+from batchsize_lit.signals import WATCH, Terminated, is_sigterm
+from batchsize_lit.study.members import Member, Members
 from batchsize_lit.study.run import (
     CellCLI,
     Defaults,
@@ -217,7 +217,6 @@ def run_cohort(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "`LightningModule.configure_optimizers` returned `None`")
             trainer.fit(CohortModule(stacked, lrs, bookkeeping, loader))
-        finish_stopped(bookkeeping)
     except SystemExit as exit_info:
         if not is_sigterm(exit_info) and trainer is not None and trainer.interrupted:  # Ctrl-C: the study stops too
             raise KeyboardInterrupt from None
@@ -226,7 +225,11 @@ def run_cohort(unit: dict[str, list[str]], folder: Path, defaults: Defaults) -> 
         for member in members:  # SIGTERM: every unfinished member is recorded as interrupted, then the study stops
             if member.running:
                 member.status = "interrupted"
-        finish_stopped(bookkeeping)  # those that stopped before the signal are whole cells
+        on_sigterm = WATCH.note_only()  # those that stopped before the signal are whole cells: finished, then kept
+        try:
+            bookkeeping.finish_stopped()
+        finally:
+            WATCH.restore(on_sigterm)
     except Exception as error:  # the cohort's cells are recorded failed, as a cell's own fault is
         text, cohort = traceback.format_exc(), f"cohort of {', '.join(unit)}"
         for member in members:

@@ -17,7 +17,7 @@ from batchsize_lit.cohort_module import (
 from batchsize_lit.outputs import batch_samples
 from batchsize_lit.problem import has_batch_metrics, reference_facts, run_report
 from batchsize_lit.run_history import epoch_log_interval
-from batchsize_lit.science import GradientNoiseScale, StepsToTarget
+from batchsize_lit.science import GradientNoiseScale, StepsToTarget, noise_scales_in_eval
 from batchsize_lit.trainer_info import find_callback
 
 
@@ -58,6 +58,7 @@ class MemberTrainer:
     def __init__(self, member: Member) -> None:
         trainer = member.cli.trainer
         self.callbacks, self.datamodule, self.global_step = trainer.callbacks, member.cli.datamodule, member.step
+        self.accumulate_grad_batches = trainer.accumulate_grad_batches  # where a failed measurement settles on another
         self.loggers = [member.logger] if member.logger is not None else []
 
 
@@ -97,6 +98,9 @@ class Members:
                 member.stream.run(lambda start=start, member=member: start(member.as_trainer(), member.cli.model))
             if member.noise is not None:  # as GradientNoiseScale reads them: drawing nothing training would see
                 member.noise.use_examples(cli.datamodule.train_dataloader())
+
+    def finish_stopped(self) -> None:
+        _finish_stopped(self)
 
     def active(self) -> list[int]:
         return [k for k, member in enumerate(self.members) if member.running]
@@ -251,7 +255,7 @@ def _epoch_due(epoch: int, every: int | None) -> bool:
     return bool(every) and (epoch + 1) % every == 0
 
 
-def finish_stopped(bookkeeping: Members) -> None:
+def _finish_stopped(bookkeeping: Members) -> None:
     """The train end and fit end of each member that stopped, as its cell's callbacks run them: StepsToTarget's
     own train end (a target still within its hold not reached; the noise scale measured at each reached target's
     weights, for all these members in one vectorized call), the best weights restored, StepsToTarget's own fit end
@@ -285,8 +289,11 @@ def _noise_scales(members: list[Member], stacked: StackedModel, pending: list[tu
     found = [members[k].noise.examples for k, _, _ in pending]
     if not pending or len({population for _, population in found}) != 1:
         return []
-    pairs = [(weights, examples) for (_, _, weights), (examples, _) in zip(pending, found, strict=True)]
+    pairs = [  # with the member's own buffers where the state_dict leaves some out (non-persistent ones)
+        ({**stacked.buffers_of(k), **weights}, examples)
+        for (k, _, weights), (examples, _) in zip(pending, found, strict=True)
+    ]
     try:
-        return members[pending[0][0]].noise.measure_pairs(stacked.models[pending[0][0]], pairs, found[0][1])
+        return noise_scales_in_eval(stacked.models[pending[0][0]], pairs, found[0][1])
     except Exception:  # each member's own measurement then says what failed, as its cell's would
         return []

@@ -85,3 +85,22 @@ class SineSGDRegressor(SineRegressor):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+class RandomScaleRegressor(SineSGDRegressor):
+    """SineSGDRegressor whose input is scaled by a factor drawn at construction (so from each cell's seed) and kept
+    in a non-persistent buffer, with a parameter its loss never uses: each cohort member must be measured with its
+    own buffer, and the unused parameter's gradient is zero for every example."""
+
+    def __init__(self, hidden: int = 16, lr: float = 0.01) -> None:
+        """
+        Args:
+            hidden: Width of the hidden layer.
+            lr: SGD learning rate.
+        """
+        super().__init__(hidden, lr)
+        self.register_buffer("scale", 1 + torch.rand(1), persistent=False)
+        self.unused = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x * self.scale)
