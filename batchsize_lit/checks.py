@@ -1,5 +1,7 @@
 """The template's own checks of a command's config, data and hyperparameters, each bad input one line."""
 
+import math
+import threading
 from typing import Any
 
 import torch
@@ -38,6 +40,29 @@ def require_checkpointing(trainer_config: Namespace) -> None:
             "trainer.enable_checkpointing=false: this template always has its checkpoint callback; write no "
             "checkpoint with --checkpoint.save_top_k 0 --checkpoint.save_last false"
         )
+
+
+def check_writer_settings(trainer_config: Namespace) -> None:
+    """A logger's ``flush_secs`` that its writer thread cannot wait on (None, a string, ≤ 0, NaN, or past the
+    longest wait the platform takes): TensorBoard's thread would end with a traceback once the run has started, and
+    the event file be written no more; here it is one line before anything runs.
+
+    Args:
+        trainer_config: The config's trainer section.
+    """
+    loggers = trainer_config.get("logger")
+    listed = isinstance(loggers, list)
+    for index, logger in enumerate(loggers if listed else [loggers]):
+        settings = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if not isinstance(settings, Namespace) or "flush_secs" not in settings:
+            continue
+        value = settings.flush_secs
+        number = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+        if not (number and 0 < value < threading.TIMEOUT_MAX):
+            key = f"trainer.logger{f'[{index}]' if listed else ''}.init_args.flush_secs"
+            raise BadInput(
+                f"{key}={value!r}: must be a number of seconds above 0 and below {threading.TIMEOUT_MAX:.0f}"
+            )
 
 
 def checkpoint_follows_early_stopping(config: Namespace, given: set[str]) -> None:

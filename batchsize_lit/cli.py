@@ -147,6 +147,7 @@ class BatchSizeCLI(LightningCLI):
         if config.get("weights_only", False) is None:  # checkpoints hold tensors and plain data only
             config.weights_only = True
         checks.require_checkpointing(config.trainer)
+        checks.check_writer_settings(config.trainer)
         checks.checkpoint_follows_early_stopping(config, self._given)
         self.placement.place(config, stem, self.subcommand, self._argv, self.parser_of(self.subcommand))
 

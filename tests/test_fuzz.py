@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,8 @@ def run_mutant(config: dict, extra: list[str], workdir: Path, timeout: int = 60)
     def hang(signum: int, frame: Any) -> None:
         raise Hang()
 
+    threads: list[str] = []  # a background thread's exception (a logger's writer) ends no command: caught here
+    hook, threading.excepthook = threading.excepthook, lambda args: threads.append(f"{args.exc_type.__name__}")
     previous = signal.signal(signal.SIGALRM, hang)
     signal.alarm(timeout)
     cwd = os.getcwd()
@@ -111,13 +114,15 @@ def run_mutant(config: dict, extra: list[str], workdir: Path, timeout: int = 60)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        threading.excepthook = hook
         os.chdir(cwd)
-    return code, err.getvalue()
+    return code, err.getvalue() + "".join(f"\nTraceback in a thread: {name}" for name in threads)
 
 
 def check(code: int | str, stderr: str, keys: tuple[str, ...], workdir: Path, label: str) -> str:
     """The outcome, ok or error, of a mutant that behaved; an assertion error naming the mutant otherwise."""
     if code == 0:
+        assert "Traceback" not in stderr, f"{label}: ran, with a traceback: {stderr[-300:]}"
         return "ok"
     assert isinstance(code, str) and code.startswith("error: "), f"{label}: exit {code!r}"
     assert "\n" not in code.strip(), f"{label}: more than one line: {code}"
@@ -188,6 +193,10 @@ def fuzz(extra: list[str], examples: int) -> None:
         ([], ("trainer", "accumulate_grad_batches"), 0),  # divisions by zero, in the template's code and Lightning's
         ([], ("trainer", "val_check_interval"), 0),
         ([], ("trainer", "check_val_every_n_epoch"), 0),
+        # TensorBoard's writer thread waits flush_secs: None, or more than the platform can wait, ended that thread
+        ([], ("trainer", "logger", "init_args", "flush_secs"), None),
+        ([], ("trainer", "logger", "init_args", "flush_secs"), 1e12),
+        ([], ("trainer", "logger", "init_args", "flush_secs"), -1),
     ],
 )
 def test_known_mutants_fail_in_one_line(extra, key, value, tmp_path, monkeypatch):
