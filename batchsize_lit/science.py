@@ -163,15 +163,23 @@ def per_example_noise_scales(
     n_params = sum(own[name].numel() for name in trainable)
     results: list[dict[str, float]] = []
     group: list[tuple[Mapping[str, Tensor] | None, Any]] = []
-    for pair in [*pairs, None]:  # consecutive pairs with examples of the same shapes, at most a chunk's worth
-        shapes = pair and [t.shape for t in _leaves(pair[1])[0]]
-        if group and (pair is None or shapes != [t.shape for t in _leaves(group[0][1])[0]] or len(group) >= max(
-            1, CHUNK_ELEMENTS // (n_params * max(1, batch_samples(group[0][1]) or 1))
-        )):  # fmt: skip
+    for pair in pairs:  # consecutive pairs whose examples have the same shapes, as many as a chunk holds
+        if group and (_shapes(pair[1]) != _shapes(group[0][1]) or len(group) >= _sets_per_chunk(n_params, group)):
             results += _measure_group(wrapper, trainable, own, group, population, max_hessian)
             group = []
-        group += [pair] if pair is not None else []
+        group.append(pair)
+    if group:
+        results += _measure_group(wrapper, trainable, own, group, population, max_hessian)
     return results
+
+
+def _shapes(batch: Any) -> list[torch.Size]:
+    return [t.shape for t in _leaves(batch)[0]]
+
+
+def _sets_per_chunk(n_params: int, group: list[tuple[Any, Any]]) -> int:
+    """Weight sets whose per-example gradients over the group's examples one chunk holds (at least one)."""
+    return max(1, CHUNK_ELEMENTS // (n_params * max(1, batch_samples(group[0][1]) or 1)))
 
 
 def _measure_group(

@@ -9,6 +9,15 @@ from batchsize_lit.problems.digits import MLPClassifier
 
 from helpers import hparams, read_csv, run, scalars, write_study
 
+
+def science_callbacks(target: dict) -> list[dict]:
+    """StepsToTarget with these arguments, and the noise scale measured at each target's weights only."""
+    return [
+        {"class_path": "batchsize_lit.science.StepsToTarget", "init_args": target},
+        {"class_path": "batchsize_lit.science.GradientNoiseScale", "init_args": {"every_n_epochs": None}},
+    ]
+
+
 # Early stopping with restore, validation every epoch, a target checked every 5 steps, no checkpoints: lr 3.0
 # diverges, the others stop early or run out of epochs at different epochs.
 BASE = {
@@ -18,13 +27,7 @@ BASE = {
     "trainer": {
         "accelerator": "cpu",
         "max_epochs": 8,
-        "callbacks": [
-            {
-                "class_path": "batchsize_lit.science.StepsToTarget",
-                "init_args": {"tolerance": 0.3, "every_n_steps": 5, "hold": 2},
-            },
-            {"class_path": "batchsize_lit.science.GradientNoiseScale", "init_args": {"every_n_epochs": None}},
-        ],
+        "callbacks": science_callbacks({"tolerance": 0.3, "every_n_steps": 5, "hold": 2}),
     },
 }
 GRID = {"data.batch_size": [16], "model.lr": [0.05, 0.4, 3.0], "seed_everything": [0, 1]}
@@ -121,13 +124,7 @@ CRITICAL_BASE = {
         "max_epochs": -1,
         "max_steps": 160,
         "check_val_every_n_epoch": 10,
-        "callbacks": [
-            {
-                "class_path": "batchsize_lit.science.StepsToTarget",
-                "init_args": {"tolerance": [0.5, 0.25, 0.1], "every_n_steps": 1, "hold": 5},
-            },
-            {"class_path": "batchsize_lit.science.GradientNoiseScale", "init_args": {"every_n_epochs": None}},
-        ],
+        "callbacks": science_callbacks({"tolerance": [0.5, 0.25, 0.1], "every_n_steps": 1, "hold": 5}),
     },
 }
 CRITICAL_GRID = {"data.batch_size": [4, 8, 16], "model.lr": [0.1, 0.4], "seed_everything": [0, 1]}
@@ -187,13 +184,7 @@ DIGITS_BASE = {
         "max_epochs": -1,
         "max_steps": 40,
         "check_val_every_n_epoch": 1,
-        "callbacks": [
-            {
-                "class_path": "batchsize_lit.science.StepsToTarget",
-                "init_args": {"target": [1.2, 0.9], "every_n_steps": 1, "hold": 3},
-            },
-            {"class_path": "batchsize_lit.science.GradientNoiseScale", "init_args": {"every_n_epochs": None}},
-        ],
+        "callbacks": science_callbacks({"target": [1.2, 0.9], "every_n_steps": 1, "hold": 3}),
     },
 }
 
@@ -285,13 +276,7 @@ def test_a_forks_cohort_measures_each_member_with_its_own_buffers_and_unused_par
         "model": {"class_path": "fork.regression.RandomScaleRegressor", "init_args": {"hidden": 8}},
         "trainer": {
             **FORK_BASE["trainer"],
-            "callbacks": [
-                {
-                    "class_path": "batchsize_lit.science.StepsToTarget",
-                    "init_args": {"target": 0.45, "every_n_steps": 1, "hold": 1},
-                },
-                {"class_path": "batchsize_lit.science.GradientNoiseScale", "init_args": {"every_n_epochs": None}},
-            ],
+            "callbacks": science_callbacks({"target": 0.45, "every_n_steps": 1, "hold": 1}),
         },
     }
     grid = {"model.lr": [0.2], "seed_everything": [0, 1, 2]}

@@ -132,7 +132,7 @@ class Members:
             if member.running and (last or member.should_stop or at_max):
                 self._epoch_end(k, epoch)
                 if member.running and (member.should_stop or at_max):
-                    member.running = False  # updated no more; its train and fit ends come after the fit
+                    member.running = False  # updated no more; its train and fit ends come at the fit's train end
                     self.stopped.append(k)
         return not self.active()
 
@@ -259,7 +259,8 @@ def _finish_stopped(bookkeeping: Members) -> None:
     """The train end and fit end of each member that stopped, as its cell's callbacks run them: StepsToTarget's
     own train end (a target still within its hold not reached; the noise scale measured at each reached target's
     weights, for all these members in one vectorized call), the best weights restored, StepsToTarget's own fit end
-    (the target/ tags). Run after the fit: a stopped member is updated and logged no more, so nothing moves."""
+    (the target/ tags). Run at the fit's train end (or after a SIGTERM): a stopped member is updated and logged no
+    more, so waiting for the others moves nothing."""
     done, bookkeeping.stopped = bookkeeping.stopped, []
     members, stacked = bookkeeping.members, bookkeeping.stacked
     pending = [
