@@ -285,3 +285,20 @@ def test_a_forks_cohort_measures_each_member_with_its_own_buffers_and_unused_par
     assert "3 cells in 1 cohorts" in capsys.readouterr().out
     rows = assert_same_cells(serial, cohort)
     assert len({row["b_simple_at_target"] for row in rows if row["b_simple_at_target"]}) == 3, rows
+
+
+def test_a_cohort_that_gives_its_metrics_to_the_loggers_at_every_step_writes_the_serial_event_files(
+    workdir, capsys, monkeypatch
+):
+    """The members' metrics are kept and given to their loggers in bursts (every FLUSH_SECONDS, and as each member
+    finishes); flushed after every step instead, the event files are the same as the cells' own."""
+    from batchsize_lit.study import members
+
+    flushes = []
+    monkeypatch.setattr(members, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(members.Members, "flush", lambda self, flush=members.Members.flush: flushes.append(flush(self)))
+    serial = study(workdir, GRID, BASE, "serial", "--cohorts", "off")
+    cohort = study(workdir, GRID, BASE, "cohort")
+    assert "6 cells in 1 cohorts" in capsys.readouterr().out
+    assert len(flushes) > 10  # during the fit, not only at its end
+    assert_same_cells(serial, cohort)

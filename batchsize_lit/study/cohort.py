@@ -286,6 +286,7 @@ def _finish_member(
 ) -> dict:
     """The member's final weights into its model, its test, hparams and result.json, as run_cell writes them."""
     cli, metrics = member.cli, {}
+    member.flush()  # whatever the fit left kept, an interrupted or failed member's too
     stacked.load_into(k)
     if member.status == "ok":
         metrics.update(member.metrics)

@@ -2,6 +2,7 @@
 
 import math
 import os
+import time
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ from batchsize_lit.problem import has_batch_metrics, reference_facts, run_report
 from batchsize_lit.run_history import epoch_log_interval
 from batchsize_lit.science import GradientNoiseScale, StepsToTarget, noise_scales_in_eval
 from batchsize_lit.trainer_info import find_callback
+
+FLUSH_SECONDS = 30.0  # how often the members' kept metrics reach their loggers during a fit
 
 
 class Member:
@@ -42,9 +45,19 @@ class Member:
         self.monitor_value: float | None = None  # the monitor's latest value, as callback_metrics holds it
         self.metrics: dict[str, float] = {}  # the latest validation's metrics, the monitor among them
         self.best_weights: dict[str, Tensor] | None = None
+        self.pending: list[tuple[dict[str, float], int]] = []  # logged metrics not yet given to the logger
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        """Kept until ``flush``: a TensorBoard logger's writer thread wakes for every event and takes the GIL from
+        the training step, which made a cohort's training twice as slow; written in bursts, it costs the events
+        alone."""
         if self.logger is not None and metrics:
+            self.pending.append((metrics, step))
+
+    def flush(self) -> None:
+        """The kept metrics given to the logger, in the order they were logged."""
+        pending, self.pending = self.pending, []
+        for metrics, step in pending:
             self.logger.log_metrics(metrics, step=step)
 
     def as_trainer(self) -> "MemberTrainer":
@@ -81,6 +94,7 @@ class Members:
         self.loss_sums: Tensor | None = None  # per member, this epoch's
         self.batches: list[int] = []
         self.stopped: list[int] = []  # members stopped, their train and fit ends still to run (finish_stopped)
+        self.flushed = time.monotonic()
         self._start()
 
     def _start(self) -> None:
@@ -134,7 +148,15 @@ class Members:
                 if member.running and (member.should_stop or at_max):
                     member.running = False  # updated no more; its train and fit ends come at the fit's train end
                     self.stopped.append(k)
+        if time.monotonic() - self.flushed > FLUSH_SECONDS:
+            self.flush()
         return not self.active()
+
+    def flush(self) -> None:
+        """Every member's kept metrics given to its logger, so TensorBoard shows a long fit as it goes."""
+        for member in self.members:
+            member.flush()
+        self.flushed = time.monotonic()
 
     def _target_checks(self, active: list[int]) -> None:
         target = self.members[active[0]].target
@@ -263,6 +285,8 @@ def _finish_stopped(bookkeeping: Members) -> None:
     more, so waiting for the others moves nothing."""
     done, bookkeeping.stopped = bookkeeping.stopped, []
     members, stacked = bookkeeping.members, bookkeeping.stacked
+    for k in done:  # the training's metrics before those of the train and fit ends, as a cell's event file has them
+        members[k].flush()
     pending = [
         (k, index, weights)
         for k in done
