@@ -3,6 +3,7 @@ vectorized script, in one run, and checks that their steps to target agree.
 
     python benchmarks/cohorts.py                                   # configs/study_critical_batch.yaml
     python benchmarks/cohorts.py --config configs/study_digits_critical_batch.yaml
+    python benchmarks/cohorts.py --repeat 3                        # each three times in turn; medians quoted
 
 Each is timed by wall clock and by the CPU time of its process (user + system), which a machine shared with other
 work does not inflate as much.
@@ -13,6 +14,7 @@ import csv
 import json
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +46,9 @@ def steps_of(folder: Path, suffix: str = "") -> dict[str, int | None]:
 
 
 def b_crits(folder: Path) -> list[float]:
-    """B_crit of each target, easiest first, from the study's critical_batch.csv."""
+    """B_crit of each target, easiest first, from the study's critical_batch.csv (none where no B_crit was fit)."""
+    if not (folder / "critical_batch.csv").exists():
+        return []
     with open(folder / "critical_batch.csv") as file:
         return [float(row["b_crit"]) for row in csv.DictReader(file)]
 
@@ -101,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/study_critical_batch.yaml")
     parser.add_argument("--jobs", default="1", help="--jobs of both studies")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each, in turn; their medians are quoted")
     record.add_argument(parser)
     args = parser.parse_args()
     name = "cohorts" if Path(args.config).name == "study_critical_batch.yaml" else f"cohorts_{Path(args.config).stem}"
@@ -109,42 +114,61 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, numbers: dict) -> None:
-    """The studies and the plain script, timed; their key numbers into `numbers`."""
+    """The studies and the plain script, timed ``--repeat`` times in turn; their medians and key numbers into
+    `numbers`. A repeat runs each into a folder of its own: a study skips the cells it finds finished."""
     root = Path(tempfile.mkdtemp(prefix="cohorts-"))
-    study = [sys.executable, "-m", "batchsize_lit", "study", "--config", args.config, "--root", str(root)]
-    results = {}
-    for name, extra in (("cohorts", []), ("off", ["--cohorts", "off"])):
-        output, wall, cpu = timed([*study, "--name", name, "--jobs", args.jobs, *extra])
-        events = len(list((root / name).glob("*/events.out.tfevents.*")))
-        results[name] = {"wall": wall, "cpu": cpu, "b_crit": b_crit(output), "events": events}
-        results[name]["steps"] = steps_of(root / name)
-        results[name]["line"] = cohort_line(output)
-        found = results[name]["b_crit"]
-        print(f"study {name:<8} {wall:7.1f} s wall {cpu:7.1f} s CPU  B_crit {found}  {events} event files")
+    plain_too = Path(args.config).name == "study_critical_batch.yaml"
+    runs: dict[str, list[dict]] = {"cohorts": [], "off": [], "plain": []}
+    for repeat in range(args.repeat):
+        folder = root / f"repeat{repeat}"
+        for name, extra in (("cohorts", []), ("off", ["--cohorts", "off"])):
+            runs[name].append(run_study(args, folder, name, extra))
+        if plain_too:
+            output, wall, cpu = timed([sys.executable, str(PLAIN)])
+            runs["plain"].append({"wall": wall, "cpu": cpu, "steps": json.loads(output)["steps_to_target"]})
+            print(f"plain script     {wall:7.1f} s wall {cpu:7.1f} s CPU")
+    results = {name: median_run(found) for name, found in runs.items() if found}
+    first = root / "repeat0"
     same, close, beyond = agreement(results["off"]["steps"], results["cohorts"]["steps"])
     cells = len(results["off"]["steps"])
     print(f"steps to target, cohorts vs off: {same}/{cells} identical, {close} within 2%, {len(beyond)} beyond")
     for line in beyond[:10]:
         print(f"  {line}")
-    compare_targets(root, numbers)
+    compare_targets(first, numbers)
     ratio = results["cohorts"]["wall"] / results["off"]["wall"]
     cpu_ratio = results["cohorts"]["cpu"] / results["off"]["cpu"]
-    print(f"cohorts / off: {ratio:.3f} wall, {cpu_ratio:.3f} CPU")
-    numbers |= {"config": args.config, "cells": cells, "targets": targets(root / "off"), "wall_ratio": ratio}
+    print(f"cohorts / off: {ratio:.3f} wall, {cpu_ratio:.3f} CPU (medians of {args.repeat})")
+    numbers |= {"config": args.config, "cells": cells, "targets": targets(first / "off"), "wall_ratio": ratio}
     numbers |= {"cpu_ratio": cpu_ratio, "agreement": {"identical": same, "within_2pc": close, "beyond": len(beyond)}}
-    numbers |= {key: {k: v for k, v in results[key].items() if k != "steps"} for key in results}
-    if Path(args.config).name == "study_critical_batch.yaml":
-        output, wall, cpu = timed([sys.executable, str(PLAIN)])
-        plain = json.loads(output)["steps_to_target"]
-        same, close, beyond = agreement(results["off"]["steps"], plain)  # cells named bs8_lr0.1_seed2 in both
-        print(f"plain script     {wall:7.1f} s wall {cpu:7.1f} s CPU")
+    numbers |= {"repeats": args.repeat}
+    numbers |= {key: {k: v for k, v in results[key].items() if k != "steps"} for key in ("cohorts", "off")}
+    if plain_too:
+        plain, cohorts = results["plain"], results["cohorts"]
+        same, close, beyond = agreement(results["off"]["steps"], plain["steps"])  # cells named bs8_lr0.1_seed2 in both
         print(f"steps to target, plain vs off: {same}/{cells} identical, {close} within 2%, {len(beyond)} beyond")
-        cohorts = results["cohorts"]
-        print(f"cohorts / plain: {cohorts['wall'] / wall:.2f} wall, {cohorts['cpu'] / cpu:.2f} CPU")
+        print(f"cohorts / plain: {cohorts['wall'] / plain['wall']:.2f} wall, {cohorts['cpu'] / plain['cpu']:.2f} CPU")
         agree = {"identical": same, "within_2pc": close, "beyond": len(beyond)}
-        numbers["plain"] = {"wall": wall, "cpu": cpu, "cells": len(plain), "agreement": agree}
-        numbers["plain"] |= {"wall_ratio": cohorts["wall"] / wall, "cpu_ratio": cohorts["cpu"] / cpu}
+        numbers["plain"] = {"wall": plain["wall"], "cpu": plain["cpu"], "walls": plain["walls"]}
+        numbers["plain"] |= {"cells": len(plain["steps"]), "agreement": agree}
+        numbers["plain"] |= {"wall_ratio": cohorts["wall"] / plain["wall"], "cpu_ratio": cohorts["cpu"] / plain["cpu"]}
     print(f"runs kept in {root}")
+
+
+def run_study(args: argparse.Namespace, root: Path, name: str, extra: list[str]) -> dict:
+    """One study, timed: its wall and CPU seconds, B_crit, event files, steps to target and cohort line."""
+    study = [sys.executable, "-m", "batchsize_lit", "study", "--config", args.config, "--root", str(root)]
+    output, wall, cpu = timed([*study, "--name", name, "--jobs", args.jobs, *extra])
+    events = len(list((root / name).glob("*/events.out.tfevents.*")))
+    found = {"wall": wall, "cpu": cpu, "b_crit": b_crit(output), "events": events, "steps": steps_of(root / name)}
+    found["line"] = cohort_line(output)
+    print(f"study {name:<8} {wall:7.1f} s wall {cpu:7.1f} s CPU  B_crit {found['b_crit']}  {events} event files")
+    return found
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The first run's numbers with the median wall and CPU seconds of all, and every run's wall seconds."""
+    return {**runs[0], "wall": statistics.median(r["wall"] for r in runs),
+            "cpu": statistics.median(r["cpu"] for r in runs), "walls": [r["wall"] for r in runs]}  # fmt: skip
 
 
 if __name__ == "__main__":

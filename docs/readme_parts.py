@@ -608,8 +608,10 @@ def cohorts_table(name: str = "cohorts") -> str:
     found, facts = record["numbers"], record["machine"]
     cohorts, off = found["cohorts"], found["off"]
     line = f" ({cohorts['line']})" if cohorts.get("line") else ""
+    repeats = found.get("repeats", 1)
+    how = "Measured side by side in one run of" if repeats == 1 else f"Medians of {repeats} runs of each, in turn, of"
     lines = [
-        f"Measured side by side in one run of `{record['command']}` ({record['started'][:10]}, commit"
+        f"{how} `{record['command']}` ({record['started'][:10]}, commit"
         f" {facts['commit']}), on a {facts['cpus']}-CPU machine shared with other work (load average"
         f" {_span(_loads(facts), _load)}):",
         "",
