@@ -49,7 +49,7 @@ class Member:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Kept until ``flush``: a TensorBoard logger's writer thread wakes for every event and takes the GIL from
-        the training step, which made a cohort's training twice as slow; written in bursts, it costs the events
+        the training step, which made a cohort's steps up to twice as slow; written in bursts, it costs the events
         alone."""
         if self.logger is not None and metrics:
             self.pending.append((metrics, step))
