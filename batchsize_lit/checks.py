@@ -65,6 +65,34 @@ def check_writer_settings(trainer_config: Namespace) -> None:
             )
 
 
+def check_no_nan_settings(config: Namespace) -> None:
+    """A NaN among the model's or the data's settings, which no setting means: a fork's data module may take it
+    without a check of its own, and the fit then diverges with a message that blames the learning rate.
+
+    Args:
+        config: The subcommand's config.
+    """
+    for section in ("model", "data"):
+        node = config.get(section)
+        if isinstance(node, Namespace) and isinstance(node.get("init_args"), Namespace):
+            section, node = f"{section}.init_args", node.init_args
+        for key, value in _numbers(node, section):
+            if math.isnan(value):
+                raise BadInput(f"{key}={value!r}: not a number; give a number")
+
+
+def _numbers(node: Any, key: str) -> list[tuple[str, float]]:
+    """The floats in a config node, each with its key (dots for namespaces and dicts, [i] for lists)."""
+    if isinstance(node, float):
+        return [(key, node)]
+    if isinstance(node, Namespace | dict):
+        items = node.items() if isinstance(node, dict) else vars(node).items()
+        return [found for name, value in items for found in _numbers(value, f"{key}.{name}")]
+    if isinstance(node, list | tuple):
+        return [found for index, value in enumerate(node) for found in _numbers(value, f"{key}[{index}]")]
+    return []
+
+
 def checkpoint_follows_early_stopping(config: Namespace, given: set[str]) -> None:
     """The best checkpoint is picked by early stopping's monitor and mode, unless checkpoint.monitor is given.
 

@@ -197,6 +197,9 @@ def fuzz(extra: list[str], examples: int) -> None:
         ([], ("trainer", "logger", "init_args", "flush_secs"), None),
         ([], ("trainer", "logger", "init_args", "flush_secs"), 1e12),
         ([], ("trainer", "logger", "init_args", "flush_secs"), -1),
+        # a fork's data module that takes a NaN without a check: its fit diverged, blaming the learning rate
+        (FORK, ("data", "init_args", "noise"), float("nan")),
+        (FORK, ("model", "init_args", "lr"), float("nan")),
     ],
 )
 def test_known_mutants_fail_in_one_line(extra, key, value, tmp_path, monkeypatch):
