@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
@@ -63,6 +64,17 @@ def check_writer_settings(trainer_config: Namespace) -> None:
             raise BadInput(
                 f"{key}={value!r}: must be a number of seconds above 0 and below {threading.TIMEOUT_MAX:.0f}"
             )
+
+
+def check_seed(config: Namespace) -> None:
+    """A seed_everything outside numpy's seed range, which Lightning rejects without naming the key.
+
+    Args:
+        config: The subcommand's config.
+    """
+    seed = config.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not min_seed_value <= seed <= max_seed_value:
+        raise BadInput(f"seed_everything={seed}: must be from {min_seed_value} to {max_seed_value}, numpy's seeds")
 
 
 def check_no_nan_settings(config: Namespace) -> None:

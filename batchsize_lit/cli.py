@@ -131,6 +131,7 @@ class BatchSizeCLI(LightningCLI):
             checks.checkpoint_follows_early_stopping(config, self._given)
             config_args.print_config(self.parser_of(subcommand), config, printing)
         checks.check_given_checkpoint(config)
+        checks.check_seed(config)  # before LightningCLI seeds, which is before before_instantiate_classes
 
     def parser_of(self, subcommand: str | None) -> LightningArgumentParser:
         """The parser of a subcommand, or the main one.

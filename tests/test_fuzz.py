@@ -200,6 +200,8 @@ def fuzz(extra: list[str], examples: int) -> None:
         # a fork's data module that takes a NaN without a check: its fit diverged, blaming the learning rate
         (FORK, ("data", "init_args", "noise"), float("nan")),
         (FORK, ("model", "init_args", "lr"), float("nan")),
+        ([], ("seed_everything",), 10**12),  # Lightning's own bound check names no key
+        ([], ("seed_everything",), -1),
     ],
 )
 def test_known_mutants_fail_in_one_line(extra, key, value, tmp_path, monkeypatch):
