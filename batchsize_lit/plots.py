@@ -161,9 +161,11 @@ def plot_critical_by_target(criticals: list[dict[str, Any]], folder: Path, monit
         if not found:
             continue
         xs, mids = [x for x, _ in found], [f[key] for _, f in found]
-        errors = [[m - f[key + low] for (_, f), m in zip(found, mids, strict=True)],
-                  [f[key + high] - m for (_, f), m in zip(found, mids, strict=True)]]  # fmt: skip
-        panel.errorbar(xs, mids, yerr=errors, fmt=style, capsize=3, label=label)
+        (line,) = panel.plot(xs, mids, style, label=label)
+        # The interval as lines from its ends: a bootstrap interval of a few cells need not hold the estimate,
+        # which error bars (lengths from the estimate) cannot draw.
+        lows, highs = [f[key + low] for _, f in found], [f[key + high] for _, f in found]
+        panel.vlines(xs, lows, highs, color=line.get_color())
     panel.set_yscale("log")
     panel.set_xlabel(f"target {monitor or ''}".strip())
     panel.set_ylabel("batch size")

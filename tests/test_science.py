@@ -247,3 +247,20 @@ def test_steps_to_target_follows_early_stopping_and_names_a_metric_never_logged(
         main(["fit", "--config", str(CONFIGS / "b16.yaml"), *QUIET, f"--trainer.callbacks={bad}"])
     line = str(exit_info.value.code)
     assert line.startswith("error: StepsToTarget.monitor='val_accuracy' is never logged") and "\n" not in line
+
+
+def test_the_critical_batch_plot_draws_a_bootstrap_interval_that_misses_its_estimate(tmp_path):
+    """A percentile bootstrap over a few cells may not hold the point estimate (here B_crit 30 with an interval
+    of 32 to 40): the plot draws the interval from its ends; error bars from the estimate raised, and the study
+    ended with matplotlib's error."""
+    from matplotlib.image import imread
+
+    from batchsize_lit.plots import plot_critical_by_target
+
+    fits = [
+        {"target": 0.2, "fit": {"b_crit": 30.0, "b_crit_low": 32.0, "b_crit_high": 40.0}},
+        {"target": 0.1, "fit": {"b_crit": 12.0, "b_crit_low": 8.0, "b_crit_high": 20.0, "b_simple": 9.0,
+                                "b_simple_q1": 7.0, "b_simple_q3": 11.0}},
+    ]  # fmt: skip
+    path = plot_critical_by_target(fits, tmp_path, "val_loss")
+    assert path == tmp_path / "critical_batch_by_target.png" and imread(path).shape[0] > 100
