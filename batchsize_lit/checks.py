@@ -1,6 +1,7 @@
 """The template's own checks of a command's config, data and hyperparameters, each bad input one line."""
 
 import math
+import re
 import threading
 from typing import Any
 
@@ -64,6 +65,17 @@ def check_writer_settings(trainer_config: Namespace) -> None:
             raise BadInput(
                 f"{key}={value!r}: must be a number of seconds above 0 and below {threading.TIMEOUT_MAX:.0f}"
             )
+
+
+def check_max_time(trainer_config: Namespace) -> None:
+    """A trainer.max_time string that is not DD:HH:MM:SS, which Lightning's Timer rejects without naming the key.
+
+    Args:
+        trainer_config: The config's trainer section.
+    """
+    value = trainer_config.get("max_time")
+    if isinstance(value, str) and not re.fullmatch(r"\d+:\d+:\d+:\d+", value):
+        raise BadInput(f"trainer.max_time={value!r}: must be DD:HH:MM:SS, or a mapping such as {{hours: 1}}")
 
 
 def check_seed(config: Namespace) -> None:

@@ -150,6 +150,7 @@ class BatchSizeCLI(LightningCLI):
         checks.require_checkpointing(config.trainer)
         checks.check_writer_settings(config.trainer)
         checks.check_no_nan_settings(config)
+        checks.check_max_time(config.trainer)
         checks.checkpoint_follows_early_stopping(config, self._given)
         self.placement.place(config, stem, self.subcommand, self._argv, self.parser_of(self.subcommand))
 

@@ -202,6 +202,7 @@ def fuzz(extra: list[str], examples: int) -> None:
         (FORK, ("model", "init_args", "lr"), float("nan")),
         ([], ("seed_everything",), 10**12),  # Lightning's own bound check names no key
         ([], ("seed_everything",), -1),
+        (FORK, ("trainer", "max_time"), ""),  # Lightning's Timer names no key
     ],
 )
 def test_known_mutants_fail_in_one_line(extra, key, value, tmp_path, monkeypatch):
