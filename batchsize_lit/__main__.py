@@ -3,7 +3,9 @@
 import gc
 import itertools
 import os
+import signal
 import sys
+import threading
 
 RUNS = ("fit", "validate", "test", "predict", "study")
 
@@ -52,9 +54,21 @@ def clear(width: int) -> None:
         sys.stderr.flush()
 
 
+def terminated_while_importing(signum: int, frame: object) -> None:
+    """SIGTERM during the import: nothing has started, so the process ends at once, as it would once running."""
+    clear(shown)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        os.write(2, b"terminated: stopped by SIGTERM before training started; nothing to resume\n")
+    os._exit(128 + signum)
+
+
 # A line at once, before the seconds of Lightning's import: the command was taken. It gives way to the first line of
 # the command's own output.
 shown = show(starting_line(sys.argv[1:]))
+# SIGTERM during the import would otherwise end the process silently, by the signal, and not with the 143 and the line
+# that it gets a moment later. Not in a study's spawned worker (__mp_main__), which sets its own handler.
+importing = threading.current_thread() is threading.main_thread() and __name__ != "__mp_main__"
+previous_sigterm = signal.signal(signal.SIGTERM, terminated_while_importing) if importing else None
 # Importing Lightning creates about a million objects that live until the process ends. Collecting garbage among
 # them is wasted time: none while they are imported, and then they are frozen, out of every later collection,
 # the one at exit included (together about 1.5 s of each command on a 2-core machine).
@@ -66,6 +80,9 @@ try:
 except KeyboardInterrupt:  # Ctrl-C while Lightning is imported: nothing has started
     clear(shown)
     sys.exit(130)
+finally:
+    if importing:
+        signal.signal(signal.SIGTERM, previous_sigterm or signal.SIG_DFL)
 gc.freeze()
 gc.enable()
 clear(shown)

@@ -18,7 +18,7 @@ from batchsize_lit.parse_errors import explain
 from batchsize_lit.placement import Placement
 from batchsize_lit.predictions import PredictionWriter, predictions_folder
 from batchsize_lit.runs import LOG_ROOT
-from batchsize_lit.signals import Terminated
+from batchsize_lit.signals import INTERRUPTED_STATUS, Terminated
 from batchsize_lit.summary import fit_summary
 
 register_config_types()  # before any parser is made: a saved config.yaml must run again
@@ -92,10 +92,16 @@ class BatchSizeCLI(LightningCLI):
             if verdict.raised is None:
                 raise
             raise verdict.raised from error  # JSONARGPARSE_DEBUG shows both
-        except Terminated:  # SIGTERM before a fit trained anything (see signals.py): nothing in the run to keep
+        except Terminated:  # SIGTERM outside a step (see signals.py): before a fit trained anything, nothing to keep
             if failures.nothing_trained(self):
                 self.remove_new_run()
-            raise
+            raise Terminated(failures.stopped_by_sigterm(self)) from None
+        except SystemExit as done:  # Lightning ends a run it stopped on Ctrl-C with status 1, as if it had failed
+            if not compat.exit_after_ctrl_c(done):
+                raise
+            if failures.nothing_trained(self):  # as for SIGTERM: no step, nothing to keep
+                self.remove_new_run()
+            raise SystemExit(INTERRUPTED_STATUS) from None
         finally:
             self._notices.release(emit=False)  # if they were not printed yet, nothing was built
 

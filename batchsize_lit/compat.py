@@ -196,6 +196,28 @@ def null_init_args(message: str) -> tuple[str, list[str]] | None:
     return given.group(1), re.findall(r"(\w+)=None\b", given.group(2))
 
 
+# --- signals ---
+
+
+def exit_after_ctrl_c(done: SystemExit) -> bool:
+    """Whether this SystemExit is Lightning's own after it stopped a run on Ctrl-C. Reason: undocumented; Lightning's
+    _call_and_handle_interrupt calls sys.exit(1) in its `except KeyboardInterrupt` block, so the KeyboardInterrupt
+    is the exit's __context__ (a sys.exit(1) in a model's own code has none)."""
+    return done.code == 1 and isinstance(done.__context__, KeyboardInterrupt)
+
+
+def rerun_validation_on_resume(checkpoint: dict) -> None:
+    """Have a fit resumed from this checkpoint, saved during a validation, run that validation again from its first
+    batch. Reason: undocumented; Lightning's training epoch loop, restarting, goes back into a validation only where
+    the validation loop's progress shows a batch started and not processed (its RESTARTED_MID_EVALUATION), and
+    otherwise skips the rest of it, so that early stopping and the best checkpoint never see that epoch's val loss.
+    Counting one batch started and none processed makes it run the validation whole."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.val_loop.batch_progress")
+    if progress is not None:
+        for counts in (progress["total"], progress["current"]):
+            counts.update(ready=1, started=1, processed=0, completed=0)
+
+
 # --- callbacks ---
 
 

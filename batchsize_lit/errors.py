@@ -17,7 +17,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from batchsize_lit import compat
-from batchsize_lit.signals import SIGTERM_STATUS, WATCH, Terminated
+from batchsize_lit.signals import INTERRUPTED_STATUS, SIGTERM_STATUS, WATCH, Terminated
 
 
 class Diverged(RuntimeError):
@@ -70,7 +70,10 @@ def run_or_exit(command: Callable[[], int | None]) -> None:
         if debug:
             raise
         print(f"interrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED_STATUS)
+    if WATCH.received and not status:  # Lightning noted it after the last step (the fit's end, an evaluation)
+        print("terminated: SIGTERM arrived as the command was ending; it had done its work first", file=sys.stderr)
+        sys.exit(SIGTERM_STATUS)
     if status:
         sys.exit(status)
 

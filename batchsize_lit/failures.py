@@ -58,3 +58,20 @@ def nothing_trained(cli: Any) -> bool:
     """
     trainer = getattr(cli, "trainer", None)
     return trainer is None or trainer.global_step == 0
+
+
+def stopped_by_sigterm(cli: Any) -> str:
+    """What a command that SIGTERM stopped outside a running step says: how far it got, and what to do next.
+
+    Args:
+        cli: The BatchSizeCLI, as far as it was built.
+    """
+    subcommand = getattr(cli, "subcommand", None)
+    if subcommand not in (None, "fit"):
+        return f"stopped by SIGTERM before {subcommand} finished; run it again"
+    if nothing_trained(cli):
+        return "stopped by SIGTERM before training started; nothing to resume"
+    return (
+        f"stopped by SIGTERM outside a training step; {cli.log_dir} holds the run as far as it went: --ckpt_path last"
+        " resumes it (a finished run trains no more)"
+    )

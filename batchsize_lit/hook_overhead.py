@@ -24,10 +24,12 @@ PER_BATCH_HOOKS = (
 def skip_idle_hooks(callbacks: list[pl.Callback]) -> None:
     """Lightning calls each per-batch hook of every callback, a no-op or not, inside a profiler context: a few µs a
     call, six hooks a step. A hook that a callback's class does not override is skipped (compat.skip_hook); a step
-    then costs only the hooks that do something."""
+    then costs only the hooks that do something. One the callback sets on itself, as an instance attribute, is its
+    own and is called."""
     for callback in callbacks:
+        own = getattr(callback, "__dict__", {})
         for hook in PER_BATCH_HOOKS:
-            if getattr(type(callback), hook, None) is getattr(pl.Callback, hook):
+            if getattr(type(callback), hook, None) is getattr(pl.Callback, hook) and hook not in own:
                 compat.skip_hook(callback, hook)
 
 

@@ -1,5 +1,6 @@
 """Lightning's ModelCheckpoint with a last.ckpt kept current at every epoch's end and a resumable SIGTERM stop."""
 
+import os
 import sys
 import warnings
 from typing import Any, Literal
@@ -39,6 +40,7 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
         self.report_interrupt = True  # a study reports an interrupted cell its own way
         self.sigterm_checkpoint: str | None = None  # where a fit stopped by SIGTERM saved its last step
         self._fitting = True  # this class's own flag: whether the stage set up is fit; a load before setup is a fit's
+        self._stopped_in_validation = False  # while the checkpoint of a SIGTERM during a fit's validation is saved
         super().__init__(monitor=monitor, filename=filename, save_last=save_last, **kwargs)
         if not kwargs.get("every_n_train_steps") and kwargs.get("train_time_interval") is None:
             compat.skip_hook(self, "on_train_batch_end")  # no saves between epochs
@@ -63,6 +65,8 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         save_resume_state(checkpoint)
+        if self._stopped_in_validation:  # the validation SIGTERM cut runs again, whole, when the fit resumes
+            compat.rerun_validation_on_resume(checkpoint)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         load_resume_state(trainer, checkpoint)
@@ -70,11 +74,7 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         if is_sigterm(exception):  # stopped at a step boundary: last.ckpt at that step, even mid-epoch
-            dirpath = self.dirpath if self.save_last else None
-            path = save_at_sigterm(trainer, dirpath, "last.ckpt", self.save_weights_only)
-            self.sigterm_checkpoint = path
-            if path:
-                self.last_model_path = path
+            path = self.sigterm_checkpoint = self._save_at_sigterm(trainer)
             if trainer.is_global_zero and self.report_interrupt:
                 print(stopped_line(trainer, path), file=sys.stderr)
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero and self.report_interrupt:
@@ -84,3 +84,18 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
             else:
                 where = "no epoch had finished, so there is no last.ckpt to resume from"
             print(f"Interrupted in epoch {trainer.current_epoch + 1}: {where}", file=sys.stderr)
+
+    def _save_at_sigterm(self, trainer: pl.Trainer) -> str | None:
+        """Write last.ckpt at the step where SIGTERM stopped the fit; its path, or None where nothing was written."""
+        dirpath = self.dirpath if self.save_last else None
+        previous = self.last_model_path
+        if dirpath:  # in the checkpoint's own state, as Lightning's saves of last do: a resume then overwrites it
+            self.last_model_path = os.path.join(dirpath, "last.ckpt")
+        self._stopped_in_validation = trainer.validating and not trainer.sanity_checking
+        try:
+            path = save_at_sigterm(trainer, dirpath, "last.ckpt", self.save_weights_only)
+        finally:
+            self._stopped_in_validation = False
+        if path is None:
+            self.last_model_path = previous
+        return path

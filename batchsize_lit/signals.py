@@ -16,6 +16,8 @@ from batchsize_lit.requeue import slurm_job
 
 # The exit status of a process ended by SIGTERM (128 + 15): what schedulers and shells count as "terminated".
 SIGTERM_STATUS = 128 + signal.SIGTERM
+# And of one ended by Ctrl-C (128 + 2), whether Lightning stopped a fit for it or Python did.
+INTERRUPTED_STATUS = 128 + signal.SIGINT
 
 # Lightning logs "[rank: 0] Received SIGTERM: 15" as the signal arrives (and, under SLURM's auto-requeue, "Bypassing
 # SIGTERM: 15"); the one line printed on stopping says more.

@@ -1,6 +1,8 @@
 """Each reliance in batchsize_lit.compat holds for the installed Lightning; a release that changes one fails here."""
 
 import csv
+import signal
+import sys
 import warnings
 from typing import ClassVar
 
@@ -501,3 +503,56 @@ def test_a_random_sampler_pass_is_a_randperm_seeded_from_the_global_generator():
         assert torch.equal(torch.get_rng_state(), state)
     assert compat.sampler_order(RandomSampler(data, replacement=True)) is None
     assert compat.sampler_order(RandomSampler(data, num_samples=5)) is None
+
+
+def test_lightning_exits_1_from_its_ctrl_c_handler_and_a_model_s_own_exit_is_told_apart(tmp_path):
+    class CtrlC(Callback):
+        def on_train_batch_end(self, trainer, *args: object) -> None:
+            raise KeyboardInterrupt
+
+    class Exits(BoringModel):
+        def training_step(self, batch, batch_idx):
+            sys.exit(1)
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            _quiet_trainer(tmp_path, [CtrlC()], max_steps=3, limit_val_batches=0).fit(BoringModel())
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl-C from its handler on
+    assert stopped.value.code == 1 and compat.exit_after_ctrl_c(stopped.value)
+    with pytest.raises(SystemExit) as own:
+        _quiet_trainer(tmp_path, [], max_steps=3, limit_val_batches=0).fit(Exits())
+    assert own.value.code == 1 and not compat.exit_after_ctrl_c(own.value)
+
+
+@pytest.mark.parametrize("rewind", [False, True])
+def test_a_fit_resumed_from_a_checkpoint_saved_in_a_validation_runs_it_again_only_when_rewound(tmp_path, rewind):
+    """Lightning skips the rest of a validation that a checkpoint was saved in; rewound, it runs all of it again."""
+
+    class SaveInValidation(Callback):
+        def __init__(self) -> None:
+            self.saving = False
+
+        def on_validation_batch_end(self, trainer, *args: object) -> None:
+            if trainer.current_epoch == 1 and not trainer.sanity_checking and not (tmp_path / "mid.ckpt").exists():
+                self.saving = True
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+                self.saving = False
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+            if self.saving and rewind:
+                compat.rerun_validation_on_resume(checkpoint)
+
+    class Counts(Callback):
+        def __init__(self) -> None:
+            self.batches = 0
+
+        def on_validation_batch_end(self, trainer, *args: object) -> None:
+            self.batches += not trainer.sanity_checking
+
+    args = {"max_epochs": 2, "limit_train_batches": 4, "limit_val_batches": 5, "num_sanity_val_steps": 0}
+    _quiet_trainer(tmp_path, [SaveInValidation()], **args).fit(BoringModel())
+    counts = Counts()
+    _quiet_trainer(tmp_path, [counts], **args).fit(BoringModel(), ckpt_path=tmp_path / "mid.ckpt")
+    assert counts.batches == (5 if rewind else 0)

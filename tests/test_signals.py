@@ -168,3 +168,78 @@ def test_lightning_calls_the_handler_it_replaced_and_stops_at_the_step(workdir, 
     assert last["global_step"] == 3
     assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 3}]
     assert "Stopped by SIGTERM in epoch 1 at step 3" in capsys.readouterr().err
+
+
+# Three epochs of 50 steps, validated after each: a run a signal can cut anywhere, and that a resume must reproduce.
+SHORT_FIT = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--trainer.max_epochs=3", "--seed_everything=5"]
+
+
+def signal_at(hook: str, signum: int, epoch: int) -> list[str]:
+    """A callback (tests/fork/signal_at.py) that sends the signal in the hook, once: on the rerun it does nothing."""
+    callback = ["--trainer.callbacks+=fork.signal_at.SignalAt", f"--trainer.callbacks.hook={hook}"]
+    return [*callback, f"--trainer.callbacks.signum={signum}", f"--trainer.callbacks.epoch={epoch}"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    result = run_cli("fit", *SHORT_FIT, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return weights(folder / "lightning_logs/b16/version_0/checkpoints/last.ckpt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("hook", "signum", "epoch", "status", "line"),
+    [
+        # before the first last.ckpt: the one SIGTERM writes names itself last, so that the resume overwrites it
+        ("on_train_start", signal.SIGTERM, 1, 143, "Stopped by SIGTERM in epoch 1 at step 1: "),
+        # in the middle of a validation, which Lightning's resume would skip: it runs again, whole
+        ("on_validation_batch_end", signal.SIGTERM, 2, 143, "Stopped by SIGTERM in epoch 2 at step 100: "),
+        # a hook the callback sets on itself is called; Lightning stops on Ctrl-C, and the status is 130, not 1
+        ("on_train_batch_end", signal.SIGINT, 2, 130, "Interrupted in epoch 2: "),
+        # after the last step: the run is whole, and the status still says that a signal came
+        ("on_train_end", signal.SIGTERM, 1, 143, "terminated: SIGTERM arrived as the command was ending"),
+    ],
+    ids=["sigterm-first-step", "sigterm-validation", "sigint-mid-epoch", "sigterm-train-end"],
+)
+def test_a_signal_at_an_awkward_moment_exits_non_zero_and_the_resume_gives_the_uninterrupted_run(
+    tmp_path, uninterrupted, hook, signum, epoch, status, line
+):
+    cut = run_cli("fit", *SHORT_FIT, *signal_at(hook, signum, epoch), cwd=tmp_path)
+    assert cut.returncode == status, cut.stderr
+    assert "Traceback" not in cut.stderr and any(row.startswith(line) for row in cut.stderr.splitlines()), cut.stderr
+    resumed = run_cli("fit", *SHORT_FIT, *signal_at(hook, signum, epoch), "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    run = tmp_path / "lightning_logs/b16/version_0"
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
+    assert sorted(p.name for p in run.glob("checkpoints/last*")) == ["last.ckpt"]
+    got = weights(run / "checkpoints/last.ckpt")
+    assert got["global_step"] == uninterrupted["global_step"]
+    for name, tensor in uninterrupted["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], tensor), name
+    for kind in ("EarlyStopping", "RunHistory"):
+        a, b = (next(v for k, v in c["callbacks"].items() if kind in k) for c in (got, uninterrupted))
+        assert same(a, b), kind
+
+
+def same(a: object, b: object) -> bool:
+    """Equal, tensors by value, in nested dicts and lists."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
+def test_sigterm_while_lightning_is_imported_exits_143_in_one_line(tmp_path):
+    """Before the command's own handler is in place: Lightning's import takes seconds, and the signal comes in them."""
+    process = start(["fit", *SHORT_FIT], tmp_path)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert stderr == "terminated: stopped by SIGTERM before training started; nothing to resume\n"
+    assert not (tmp_path / "lightning_logs").exists()
