@@ -18,7 +18,7 @@ from batchsize_lit.parse_errors import explain
 from batchsize_lit.placement import Placement
 from batchsize_lit.predictions import PredictionWriter, predictions_folder
 from batchsize_lit.runs import LOG_ROOT
-from batchsize_lit.signals import INTERRUPTED_STATUS, Terminated
+from batchsize_lit.signals import INTERRUPTED_STATUS, Terminated, is_sigterm
 from batchsize_lit.summary import fit_summary
 
 register_config_types()  # before any parser is made: a saved config.yaml must run again
@@ -96,12 +96,13 @@ class BatchSizeCLI(LightningCLI):
             if failures.nothing_trained(self):
                 self.remove_new_run()
             raise Terminated(failures.stopped_by_sigterm(self)) from None
-        except SystemExit as done:  # Lightning ends a run it stopped on Ctrl-C with status 1, as if it had failed
-            if not compat.exit_after_ctrl_c(done):
-                raise
-            if failures.nothing_trained(self):  # as for SIGTERM: no step, nothing to keep
+        except SystemExit as done:  # a run Lightning stopped for SIGTERM or Ctrl-C; before its first step, nothing kept
+            ctrl_c = compat.exit_after_ctrl_c(done)  # Lightning's status 1 for it would read as a failure
+            if (ctrl_c or is_sigterm(done)) and failures.nothing_trained(self):
                 self.remove_new_run()
-            raise SystemExit(INTERRUPTED_STATUS) from None
+            if ctrl_c:
+                raise SystemExit(INTERRUPTED_STATUS) from None
+            raise
         finally:
             self._notices.release(emit=False)  # if they were not printed yet, nothing was built
 

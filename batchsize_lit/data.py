@@ -164,8 +164,9 @@ def check(ok: bool, key: str, value: object, rule: str) -> None:
 def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
     """The train, val and test sizes of ``n`` examples split by the two fractions (each share rounded), once the
     fractions are checked: each in [0, 1), together under 1."""
-    check(0 <= val_fraction < 1, "val_fraction", val_fraction, "must be in [0, 1)")
-    check(0 <= test_fraction < 1, "test_fraction", test_fraction, "must be in [0, 1)")
+    for key, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        number = isinstance(fraction, int | float) and not isinstance(fraction, bool)  # null and the like fail here
+        check(number and 0 <= fraction < 1, key, fraction, "must be in [0, 1)")
     check(
         val_fraction + test_fraction < 1,
         "val_fraction",

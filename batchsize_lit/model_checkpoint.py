@@ -41,6 +41,7 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
         self.sigterm_checkpoint: str | None = None  # where a fit stopped by SIGTERM saved its last step
         self._fitting = True  # this class's own flag: whether the stage set up is fit; a load before setup is a fit's
         self._stopped_in_validation = False  # while the checkpoint of a SIGTERM during a fit's validation is saved
+        self._last_holds: str | None = None  # where the last checkpoint saved in this process stands
         super().__init__(monitor=monitor, filename=filename, save_last=save_last, **kwargs)
         if not kwargs.get("every_n_train_steps") and kwargs.get("train_time_interval") is None:
             compat.skip_hook(self, "on_train_batch_end")  # no saves between epochs
@@ -56,6 +57,16 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)  # saves top-k, and last with it, when it is time to
         if self.save_last is True and not compat.checkpoint_skips_saving(self, trainer):  # nothing saved at this step
             compat.save_last_checkpoint(self, trainer)
+        self._note_saved(trainer, f"the end of epoch {trainer.current_epoch + 1}")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._note_saved(trainer, f"step {trainer.global_step}, in epoch {trainer.current_epoch + 1}")
+
+    def _note_saved(self, trainer: pl.Trainer, where: str) -> None:
+        """What last.ckpt holds, for the line a Ctrl-C prints, where a checkpoint was saved at this step."""
+        if self.last_model_path and not trainer.sanity_checking and compat.checkpoint_skips_saving(self, trainer):
+            self._last_holds = where
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Which checkpoints were best and last matters to a resumed fit only; evaluating a checkpoint read from
@@ -78,9 +89,10 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
             if trainer.is_global_zero and self.report_interrupt:
                 print(stopped_line(trainer, path), file=sys.stderr)
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero and self.report_interrupt:
-            finished = trainer.current_epoch  # last.ckpt is written at the end of every epoch
-            if self.last_model_path and finished:
-                where = f"{self.last_model_path} holds the end of epoch {finished}; resume with --ckpt_path last"
+            if self.last_model_path and self._last_holds:  # at every epoch's end, and where Lightning saves
+                where = f"{self.last_model_path} holds {self._last_holds}; resume with --ckpt_path last"
+            elif self.last_model_path:  # resumed, and stopped before it saved again
+                where = f"{self.last_model_path} is as this run resumed from it; resume with --ckpt_path last"
             else:
                 where = "no epoch had finished, so there is no last.ckpt to resume from"
             print(f"Interrupted in epoch {trainer.current_epoch + 1}: {where}", file=sys.stderr)

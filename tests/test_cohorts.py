@@ -302,3 +302,19 @@ def test_a_cohort_that_gives_its_metrics_to_the_loggers_at_every_step_writes_the
     assert "6 cells in 1 cohorts" in capsys.readouterr().out
     assert len(flushes) > 10  # during the fit, not only at its end
     assert_same_cells(serial, cohort)
+
+
+def test_a_study_with_a_list_of_loggers_writes_each_into_the_cell_s_folder_the_same_with_cohorts(workdir, capsys):
+    """TensorBoard and CSV together: each cell's folder holds both, and a cohort's members log to every logger."""
+    loggers = [{"class_path": "lightning.pytorch.loggers.TensorBoardLogger"}, "lightning.pytorch.loggers.CSVLogger"]
+    base = {**BASE, "trainer": {**BASE["trainer"], "logger": loggers}}
+    grid = {"data.batch_size": [16], "model.lr": [0.05, 0.4], "seed_everything": [0]}
+    serial = study(workdir, grid, base, "serial", "--cohorts", "off")
+    cohort = study(workdir, grid, base, "cohort")
+    assert "2 cells in 1 cohorts" in capsys.readouterr().out
+    rows = assert_same_cells(serial, cohort)
+    for row in rows:
+        csv_rows, cohort_csv_rows = (read_csv(folder / row["cell"] / "metrics.csv") for folder in (serial, cohort))
+        assert len(csv_rows) > 5 and [r.keys() for r in csv_rows] == [r.keys() for r in cohort_csv_rows]
+        for a, b in zip(csv_rows, cohort_csv_rows, strict=True):
+            assert all(close(a[k], b[k]) if a[k] else a[k] == b[k] for k in a), row["cell"]

@@ -243,3 +243,12 @@ def test_sigterm_while_lightning_is_imported_exits_143_in_one_line(tmp_path):
     assert process.returncode == 143, stderr
     assert stderr == "terminated: stopped by SIGTERM before training started; nothing to resume\n"
     assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["term", "int"])
+def test_a_signal_in_the_sanity_check_leaves_no_run_folder(tmp_path, signum, status):
+    """Stopped by Lightning before the first step: nothing trained, so nothing is kept, as before the fit began."""
+    cut = run_cli("fit", *SHORT_FIT, *signal_at("on_sanity_check_start", signum, 1), cwd=tmp_path)
+    assert cut.returncode == status and "Traceback" not in cut.stderr, cut.stderr
+    assert not (tmp_path / "lightning_logs").exists()

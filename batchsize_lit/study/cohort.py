@@ -295,8 +295,8 @@ def _finish_member(
         else:
             metrics.update(tested.get(k, {}))
         _log_hparams(member, lr)
-    if member.logger is not None:
-        member.logger.finalize("success" if member.status == "ok" else "failed")
+    for logger in member.loggers:
+        logger.finalize("success" if member.status == "ok" else "failed")
     row = result_row(cli, member.name, member.status, seconds, metrics)
     row.update(steps=member.step, lr_effective=lr)
     if row["lr"] is None:
@@ -318,5 +318,4 @@ def _log_hparams(member: Member, lr: float) -> None:
     }
     params = tab_params(cli.model, cli.datamodule, run, history.hparam_keys)
     best = history.best()
-    loggers = [member.logger] if member.logger is not None else []
-    log_tab(loggers, params, history.monitor, best[0] if best else None, history.last("train_loss"), member.step)
+    log_tab(member.loggers, params, history.monitor, best[0] if best else None, history.last("train_loss"), member.step)

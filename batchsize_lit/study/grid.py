@@ -41,8 +41,22 @@ def fit_args(
     """The fit command line of one cell: study defaults, the base config, the cell's values, its log folder, and
     the grid keys that vary, which the HParams tab records."""
     args = list(CELL_DEFAULTS) + ([f"--history.hparams={json.dumps(list(varying))}"] if varying else [])
+    logger = {"save_dir": str(folder), "name": name, "version": ""}  # lightning_logs/<study>/<cell>/, no version_N
+    loggers = (base or {}).get("trainer", {}).get("logger")
+    if isinstance(loggers, list):  # each of several loggers writes into the cell's folder; no flag reaches a list
+        base = {**base, "trainer": {**base["trainer"], "logger": [_in_folder(entry, logger) for entry in loggers]}}
     if base:
         args += ["--config", yaml.safe_dump(base)]
     args += [f"--{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in cell.items()]
-    logger = {"save_dir": folder, "name": name, "version": ""}  # lightning_logs/<study>/<cell>/, no version_N
+    if isinstance(loggers, list):
+        return args
     return args + [f"--trainer.logger.init_args.{key}={value}" for key, value in logger.items()]
+
+
+def _in_folder(entry: Any, folder: dict[str, str]) -> Any:
+    """One logger of a list, given by class_path (or by its class name alone), writing into the cell's folder."""
+    if isinstance(entry, str):
+        entry = {"class_path": entry}
+    if not isinstance(entry, dict) or "class_path" not in entry:
+        return entry  # not a logger: the parse names it
+    return {**entry, "init_args": {**(entry.get("init_args") or {}), **folder}}

@@ -25,12 +25,12 @@ FLUSH_SECONDS = 30.0  # how often the members' kept metrics reach their loggers 
 
 
 class Member:
-    """One cell of a cohort: its CLI objects (model, data, trainer config, logger, callbacks) and its progress."""
+    """One cell of a cohort: its CLI objects (model, data, trainer config, loggers, callbacks) and its progress."""
 
     def __init__(self, name: str, cli: Any) -> None:
         self.name, self.cli = name, cli
         trainer = cli.trainer
-        self.logger = trainer.logger
+        self.loggers = list(trainer.loggers)  # all of them, as the cell's own fit logs to each
         self.history = find_callback(trainer, RunHistory)
         self.target = find_callback(trainer, StepsToTarget)
         self.noise = find_callback(trainer, GradientNoiseScale)
@@ -45,20 +45,21 @@ class Member:
         self.monitor_value: float | None = None  # the monitor's latest value, as callback_metrics holds it
         self.metrics: dict[str, float] = {}  # the latest validation's metrics, the monitor among them
         self.best_weights: dict[str, Tensor] | None = None
-        self.pending: list[tuple[dict[str, float], int]] = []  # logged metrics not yet given to the logger
+        self.pending: list[tuple[dict[str, float], int]] = []  # logged metrics not yet given to the loggers
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Kept until ``flush``: a TensorBoard logger's writer thread wakes for every event and takes the GIL from
         the training step, which made a cohort's steps up to twice as slow; written in bursts, it costs the events
         alone."""
-        if self.logger is not None and metrics:
+        if self.loggers and metrics:
             self.pending.append((metrics, step))
 
     def flush(self) -> None:
-        """The kept metrics given to the logger, in the order they were logged."""
+        """The kept metrics given to the loggers, in the order they were logged."""
         pending, self.pending = self.pending, []
         for metrics, step in pending:
-            self.logger.log_metrics(metrics, step=step)
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=step)
 
     def as_trainer(self) -> "MemberTrainer":
         return MemberTrainer(self)
@@ -72,7 +73,7 @@ class MemberTrainer:
         trainer = member.cli.trainer
         self.callbacks, self.datamodule, self.global_step = trainer.callbacks, member.cli.datamodule, member.step
         self.accumulate_grad_batches = trainer.accumulate_grad_batches  # where a failed measurement settles on another
-        self.loggers = [member.logger] if member.logger is not None else []
+        self.loggers = member.loggers
 
 
 class Members:
@@ -103,9 +104,9 @@ class Members:
         for member in self.members:
             cli = member.cli
             hparams = {**cli.model.hparams_initial, **(getattr(cli.datamodule, "hparams_initial", None) or {})}
-            if member.logger is not None:
-                member.logger.log_hyperparams(hparams)
-                member.logger.save()
+            for logger in member.loggers:
+                logger.log_hyperparams(hparams)
+                logger.save()
             if member.target is not None:  # its targets, and the validation data it checks every_n_steps on
                 member.target.setup(cli.trainer, cli.model, "fit")
                 start = member.target.on_train_start
@@ -228,9 +229,10 @@ class Members:
             metrics = found if self.own_metrics else {history.monitor: found["loss"]}
             value = metrics[history.monitor]
             member.monitor_value, member.metrics, member.validated = value, metrics, epoch
+            # the calls a cell's fit makes to its loggers, in its order: Lightning's, then RunHistory's
+            member.log({**metrics, "epoch": epoch}, member.step - 1)  # where Lightning logs them
             member.log({f"by_epoch/{history.monitor}": value}, epoch + 1)
             member.log({f"by_samples/{history.monitor}": value}, history.samples)
-            member.log({**metrics, "epoch": epoch}, member.step - 1)  # where Lightning logs them
             if member.target is not None and not member.target.every_n_steps:
                 self._target_check(k, value)
             if not self.early_at_epoch_end:
@@ -261,7 +263,7 @@ class Members:
         at_step = run_report(self.facts, model, member.cli.datamodule).columns
         if self.batches[k]:
             row["train_loss"] = float(self.loss_sums[k] / self.batches[k])
-            at_step = {"train_loss_epoch": row["train_loss"], **at_step}
+            member.log({"train_loss_epoch": row["train_loss"]}, member.step)
             member.log({"by_epoch/train_loss": row["train_loss"]}, epoch + 1)
             member.log({"by_samples/train_loss": row["train_loss"]}, history.samples)
         member.log(at_step, member.step)
