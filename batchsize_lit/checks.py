@@ -78,6 +78,18 @@ def check_max_time(trainer_config: Namespace) -> None:
         raise BadInput(f"trainer.max_time={value!r}: must be DD:HH:MM:SS, or a mapping such as {{hours: 1}}")
 
 
+def check_num_nodes(trainer_config: Namespace) -> None:
+    """A trainer.num_nodes beyond a process group's 32-bit world size, on which torch.distributed fails with a
+    traceback that names no key.
+
+    Args:
+        trainer_config: The config's trainer section.
+    """
+    nodes = trainer_config.get("num_nodes")
+    if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes >= 2**31:
+        raise BadInput(f"trainer.num_nodes={nodes}: more machines than a process group counts (2**31 - 1 at most)")
+
+
 def check_seed(config: Namespace) -> None:
     """A seed_everything outside numpy's seed range, which Lightning rejects without naming the key.
 

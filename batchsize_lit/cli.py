@@ -158,6 +158,7 @@ class BatchSizeCLI(LightningCLI):
         checks.check_writer_settings(config.trainer)
         checks.check_no_nan_settings(config)
         checks.check_max_time(config.trainer)
+        checks.check_num_nodes(config.trainer)
         checks.checkpoint_follows_early_stopping(config, self._given)
         self.placement.place(config, stem, self.subcommand, self._argv, self.parser_of(self.subcommand))
 

@@ -86,7 +86,8 @@ class DivergenceCheck(pl.Callback):
         if lr is None or self._limit is None:
             cause = "a learning rate too high; lower it"
         elif lr >= self._limit:
-            cause = f"lr {lr:.4g} is above this problem's stability limit lr_max_stable = {self._limit:.4g}; lower it"
+            limit = f"this problem's stability limit lr_max_stable = {self._limit:.4g}, which the data's scale sets"
+            cause = f"lr {lr:.4g} is above {limit}; lower it"
         else:
             cause = f"lr {lr:.4g} is below the stability limit {self._limit:.4g}, so look at the data and the model"
         raise Diverged(

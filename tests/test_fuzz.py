@@ -127,6 +127,8 @@ def check(code: int | str, stderr: str, keys: tuple[str, ...], workdir: Path, la
     assert isinstance(code, str) and code.startswith("error: "), f"{label}: exit {code!r}"
     assert "\n" not in code.strip(), f"{label}: more than one line: {code}"
     assert "Traceback" not in stderr, f"{label}: {stderr}"
+    if code.startswith("error: training diverged: "):  # a fault of the training, not bad input: the run is kept
+        return "diverged"
     assert any(key.lower() in code.lower() for key in keys), f"{label}: the error does not name {keys}: {code}"
     logs = workdir / "lightning_logs"
     assert not logs.exists() or not any(logs.rglob("*")), f"{label}: left {sorted(logs.rglob('*'))}: {code}"
@@ -171,6 +173,15 @@ def fuzz(extra: list[str], examples: int) -> None:
     assert not failures, "\n".join(failures)
 
 
+def test_a_mutant_whose_training_diverges_keeps_its_run_and_says_why(tmp_path):
+    """Data 10^12 wide: the stability limit falls below any lr, the loss is inf at step 2, and the error says that
+    the data's scale set the limit; a diverged run is kept, as the README says, for its curves."""
+    mutant, _ = mutate(resolved([]), ("data", "init_args", "x_max"), "value", 10**12)
+    code, stderr = run_mutant(mutant, [], tmp_path)
+    assert check(code, stderr, ("x_max",), tmp_path, "x_max=10**12") == "diverged"
+    assert "which the data's scale sets" in code and (tmp_path / "lightning_logs/mutant/version_0").is_dir()
+
+
 @pytest.mark.parametrize(
     ("extra", "key", "value"),
     [
@@ -203,6 +214,7 @@ def fuzz(extra: list[str], examples: int) -> None:
         ([], ("seed_everything",), 10**12),  # Lightning's own bound check names no key
         ([], ("seed_everything",), -1),
         (FORK, ("trainer", "max_time"), ""),  # Lightning's Timer names no key
+        ([], ("trainer", "num_nodes"), 10**12),  # torch.distributed's store failed with a traceback
     ],
 )
 def test_known_mutants_fail_in_one_line(extra, key, value, tmp_path, monkeypatch):
