@@ -1,7 +1,9 @@
 """batchsize_lit: a PyTorch Lightning template for epoch-vs-batch-size studies with early stopping."""
 
-__all__ = ["LinearRegressor", "RegressionDataModule", "__version__"]
+__all__ = ["COMMAND", "LinearRegressor", "RegressionDataModule", "__version__"]
 __version__ = "0.1.0"
+# The command's name in usage lines and hints, from the package's: a fork that renames the package renames it too.
+COMMAND = __name__.replace("_", "-")
 
 
 def __getattr__(name: str) -> type:

@@ -10,7 +10,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
-from batchsize_lit import checks, compat, config_args, failures, runs, trainer_setup
+from batchsize_lit import COMMAND, checks, compat, config_args, failures, runs, trainer_setup
 from batchsize_lit.callbacks import DivergenceCheck, EarlyStopping, ModelCheckpoint, RunHistory
 from batchsize_lit.config_types import register_config_types
 from batchsize_lit.notices import HeldBack
@@ -25,9 +25,9 @@ register_config_types()  # before any parser is made: a saved config.yaml must r
 
 DESCRIPTION = (
     "Epochs against batch size, with early stopping: fit, validate, test or predict one run (a LightningCLI), or"
-    " run a grid of fits with `batchsize-lit study --config configs/study_seed.yaml`."
+    f" run a grid of fits with `{COMMAND} study --config configs/study_seed.yaml`."
 )
-STUDY_HINT = "Grids of fits: batchsize-lit study --config configs/study_seed.yaml (see batchsize-lit study --help)."
+STUDY_HINT = f"Grids of fits: {COMMAND} study --config configs/study_seed.yaml (see {COMMAND} study --help)."
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
     "init_args": {"save_dir": LOG_ROOT, "name": None, "default_hp_metric": False},
@@ -46,7 +46,7 @@ def lightning_cli_defaults() -> dict[str, Any]:
         # No abbreviated keys: --trainer.max_epoch is a typo to name, not --trainer.max_epochs.
         "parser_kwargs": {
             "exit_on_error": False,
-            "prog": "batchsize-lit",
+            "prog": COMMAND,
             "epilog": STUDY_HINT,
             "allow_abbrev": False,
             "description": DESCRIPTION,

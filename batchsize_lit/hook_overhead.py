@@ -27,7 +27,10 @@ def skip_idle_hooks(callbacks: list[pl.Callback]) -> None:
     then costs only the hooks that do something. One the callback sets on itself, as an instance attribute, is its
     own and is called."""
     for callback in callbacks:
-        own = getattr(callback, "__dict__", {})
+        try:
+            own = vars(callback)  # its instance attributes
+        except TypeError:  # a class with __slots__ only
+            own = {}
         for hook in PER_BATCH_HOOKS:
             if getattr(type(callback), hook, None) is getattr(pl.Callback, hook) and hook not in own:
                 compat.skip_hook(callback, hook)

@@ -6,7 +6,7 @@ from typing import Any, NoReturn
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser
 
-from batchsize_lit import compat
+from batchsize_lit import COMMAND, compat
 from batchsize_lit.errors import config_file_problem, config_with_keys, did_you_mean
 
 
@@ -26,7 +26,7 @@ def explain(error: ArgumentError, args: Any, parsers: Iterable[LightningArgument
         raise ArgumentError(None, problem) from None
     study = config_with_keys(args, ("grid", "base"))
     if study:
-        raise ArgumentError(None, f"--config {study} is a study config: run it with batchsize-lit study") from None
+        raise ArgumentError(None, f"--config {study} is a study config: run it with {COMMAND} study") from None
     hint = unknown_key_hint(str(error), parsers)
     if hint:
         raise ArgumentError(None, f"{error}{hint}") from None

@@ -110,8 +110,13 @@ class RunHistory(pl.Callback):
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None and value is not self._before:  # logged by this validation, not left from an earlier one
-            self._value = float(value)
-            self._write(trainer, self.monitor, self._value, trainer.current_epoch + 1)
+            value = float(value)
+            # Of several validations in an epoch (val_check_interval below 1), the epoch's row keeps the best, as
+            # early stopping and the best checkpoint saw them: the summary then names the epoch whose weights return.
+            if self._value is None or (value < self._value if self.mode == "min" else value > self._value):
+                self._value = value
+            self._before = trainer.callback_metrics.get(self.monitor)
+            self._write(trainer, self.monitor, value, trainer.current_epoch + 1)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1

@@ -197,3 +197,21 @@ def test_lightning_s_own_callback_tests_pass_against_the_subclasses(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "0 contract break(s)" in result.stdout
+
+
+def test_with_several_validations_an_epoch_the_history_keeps_the_epoch_s_best_as_early_stopping_saw_it(workdir):
+    """val_check_interval 0.25: four validations an epoch, at an lr where the val loss wanders. The epoch's row holds
+    its best check, so that the best the summary and the hparams tab report is early stopping's, with the epoch
+    whose weights it restores."""
+    args = ["--config", str(ROOT / "configs/b16.yaml"), *QUIET, "--trainer.max_epochs=6", "--model.lr=0.5"]
+    cli = bundled_cli([*args, "--trainer.val_check_interval=0.25", "--early_stopping.patience=null"])
+    cli.trainer.fit(cli.model, cli.datamodule)
+    stopper = find_callback(cli.trainer, EarlyStopping)
+    history = next(c for c in cli.trainer.callbacks if type(c).__name__ == "RunHistory")
+    checks = [value for _, value in scalars(Path(cli.trainer.log_dir))["by_epoch/val_loss"]]
+    assert len(checks) == 24  # every validation on the curve
+    epochs = [checks[4 * e : 4 * e + 4] for e in range(6)]
+    assert any(epoch[-1] > min(epoch) for epoch in epochs)  # in some epoch the last validation is not the best
+    best_value, best_epoch = history.best()
+    assert best_value == pytest.approx(float(stopper.best_score)) and best_epoch == stopper.best_epoch + 1
+    assert [row["val_loss"] for row in history.history] == [pytest.approx(min(epoch)) for epoch in epochs]

@@ -198,3 +198,16 @@ def test_every_compat_entry_has_a_test():
                 if isinstance(t, ast.Name) and t.id.isupper() and not t.id.startswith("_")]  # fmt: skip
     tests = (PACKAGE.parent / "tests" / "test_compat.py").read_text()
     assert entries and [name for name in entries if not re.search(rf"\b{name}\b", tests)] == []
+
+
+def test_the_command_s_name_in_usage_lines_is_the_installed_script_s_and_follows_the_package_s():
+    """Usage lines and hints say COMMAND: the script pyproject.toml installs, derived from the package's name so
+    that a fork that renames the package is not told to run a command it no longer has."""
+    import tomllib
+
+    import batchsize_lit
+
+    scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts.get(batchsize_lit.COMMAND) == f"{batchsize_lit.__name__}.__main__:main"
+    names = ["batchsize_lit/cli.py", "batchsize_lit/parse_errors.py", "batchsize_lit/study/__init__.py"]
+    assert not [name for name in names if "batchsize-lit" in (PACKAGE.parent / name).read_text()]

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from batchsize_lit import COMMAND
 from batchsize_lit.cli import BatchSizeCLI
 from batchsize_lit.compat import unknown_key
 from batchsize_lit.config_args import config_stem
@@ -129,7 +130,7 @@ class _FitParser(BatchSizeCLI):
 
 @functools.cache
 def fit_keys(study_keys: frozenset[str]) -> frozenset[str]:
-    """The top-level keys of a fit config, as ``batchsize-lit fit`` parses it, that a study config does not have:
+    """The top-level keys of a fit config, as the fit subcommand parses it, that a study config does not have:
     a study config holds them under base. Built on demand (about 0.2 s), when a study config fails to parse."""
     try:
         _FitParser(args=[])
@@ -173,7 +174,7 @@ def require_ray() -> None:
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        prog="batchsize-lit study",
+        prog=f"{COMMAND} study",
         description="Run a grid of fit configs and compare them: results.csv, plots, TensorBoard runs.",
         exit_on_error=False,
         allow_abbrev=False,
@@ -195,7 +196,7 @@ def parse(argv: list[str]) -> Namespace:
             raise ArgumentError(None, problem) from None
         fit = config_values(argv) and config_with_keys(argv, fit_keys(frozenset(parser.get_defaults().keys())))
         if fit:
-            hint = "run it with batchsize-lit fit, or give its keys as a study's base"
+            hint = f"run it with {COMMAND} fit, or give its keys as a study's base"
             raise ArgumentError(None, f"--config {fit} is a fit config: {hint}") from None
         unknown = unknown_key(text)
         if unknown:
@@ -206,7 +207,7 @@ def parse(argv: list[str]) -> Namespace:
 
 
 def run_command(argv: list[str], *defaults: Any) -> int:
-    """``batchsize-lit study ...``: parse the study config and run it; returns the exit status."""
+    """The study subcommand: parse the study config and run it; returns the exit status."""
     config = parse(argv)
     settings = {key: config[key] for key in inspect.signature(run_study).parameters if key in config}
     settings["name"] = config.name or config_stem(config, "study")
