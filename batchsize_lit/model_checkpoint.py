@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint as _ModelCheckpoint
 
 from batchsize_lit import compat
 from batchsize_lit.hook_overhead import FixedStateKey
-from batchsize_lit.resume_state import load_resume_state, save_resume_state
+from batchsize_lit.resume_state import load_gradients, load_resume_state, save_gradients, save_resume_state
 from batchsize_lit.signals import is_sigterm, save_at_sigterm, stopped_line
 
 
@@ -41,6 +41,8 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
         self.sigterm_checkpoint: str | None = None  # where a fit stopped by SIGTERM saved its last step
         self._fitting = True  # this class's own flag: whether the stage set up is fit; a load before setup is a fit's
         self._stopped_in_validation = False  # while the checkpoint of a SIGTERM during a fit's validation is saved
+        self._saving_at_sigterm = False  # while the checkpoint of any SIGTERM is saved
+        self._gradients: dict | None = None  # those a resumed checkpoint holds, put back as training starts
         self._last_holds: str | None = None  # where the last checkpoint saved in this process stands
         super().__init__(monitor=monitor, filename=filename, save_last=save_last, **kwargs)
         if not kwargs.get("every_n_train_steps") and kwargs.get("train_time_interval") is None:
@@ -76,11 +78,20 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         save_resume_state(checkpoint)
+        if self._saving_at_sigterm:  # the one checkpoint that may fall inside an accumulation window
+            save_gradients(checkpoint, pl_module)
         if self._stopped_in_validation:  # the validation SIGTERM cut runs again, whole, when the fit resumes
             compat.rerun_validation_on_resume(checkpoint)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         load_resume_state(trainer, checkpoint)
+        self._gradients = checkpoint.get("gradients") if trainer.state.fn == "fit" else None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._gradients:  # a stop inside an accumulation window: it goes on from what it had
+            load_gradients(self._gradients, pl_module)
+        self._gradients = None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
@@ -104,10 +115,11 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
         if dirpath:  # in the checkpoint's own state, as Lightning's saves of last do: a resume then overwrites it
             self.last_model_path = os.path.join(dirpath, "last.ckpt")
         self._stopped_in_validation = trainer.validating and not trainer.sanity_checking
+        self._saving_at_sigterm = True
         try:
             path = save_at_sigterm(trainer, dirpath, "last.ckpt", self.save_weights_only)
         finally:
-            self._stopped_in_validation = False
+            self._stopped_in_validation = self._saving_at_sigterm = False
         if path is None:
             self.last_model_path = previous
         return path

@@ -1,4 +1,5 @@
-"""What a checkpoint keeps beyond Lightning's own state so that a resumed fit continues bit-equal: the random states."""
+"""What a checkpoint keeps beyond Lightning's own state so that a resumed fit continues bit-equal: the random states,
+and the gradients of a stop inside an accumulation window."""
 
 import random
 import sys
@@ -50,3 +51,20 @@ def load_resume_state(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
     if trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and "fit_loop" in checkpoint.get("loops", {}):
         # Evaluation logs at the step the checkpoint was saved at, beside the training curves, not at step 0.
         trainer.fit_loop.load_state_dict(checkpoint["loops"]["fit_loop"])
+
+
+def save_gradients(checkpoint: dict[str, Any], module: torch.nn.Module) -> None:
+    """Add the parameters' gradients to a checkpoint saved between optimizer steps (SIGTERM inside an accumulation
+    window, accumulate_grad_batches above 1): Lightning keeps none, and the resumed window would start from zero."""
+    grads = {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
+    if grads:
+        checkpoint["gradients"] = grads
+
+
+def load_gradients(grads: dict[str, torch.Tensor], module: torch.nn.Module) -> None:
+    """Put back what save_gradients kept, at the start of training: Lightning sets every gradient to None as the fit
+    starts, and again at a window's first batch, so a resume that starts a window accumulates onto nothing, as it
+    should; one in the middle of a window goes on from what it had."""
+    for name, p in module.named_parameters():
+        if name in grads and grads[name].shape == p.shape:
+            p.grad = grads[name].to(device=p.device, dtype=p.dtype)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -181,45 +182,56 @@ def signal_at(hook: str, signum: int, epoch: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> dict:
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    result = run_cli("fit", *SHORT_FIT, cwd=folder)
-    assert result.returncode == 0, result.stderr
-    return weights(folder / "lightning_logs/b16/version_0/checkpoints/last.ckpt")
+def uninterrupted(tmp_path_factory) -> Callable[[tuple[str, ...]], dict]:
+    """The last checkpoint of SHORT_FIT with the extra arguments, run once for each."""
+    runs: dict[tuple[str, ...], dict] = {}
+
+    def run(extra: tuple[str, ...]) -> dict:
+        if extra not in runs:
+            folder = tmp_path_factory.mktemp("uninterrupted")
+            result = run_cli("fit", *SHORT_FIT, *extra, cwd=folder)
+            assert result.returncode == 0, result.stderr
+            runs[extra] = weights(folder / "lightning_logs/b16/version_0/checkpoints/last.ckpt")
+        return runs[extra]
+
+    return run
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("hook", "signum", "epoch", "status", "line"),
+    ("hook", "signum", "epoch", "extra", "status", "line"),
     [
         # before the first last.ckpt: the one SIGTERM writes names itself last, so that the resume overwrites it
-        ("on_train_start", signal.SIGTERM, 1, 143, "Stopped by SIGTERM in epoch 1 at step 1: "),
+        ("on_train_start", signal.SIGTERM, 1, (), 143, "Stopped by SIGTERM in epoch 1 at step 1: "),
         # in the middle of a validation, which Lightning's resume would skip: it runs again, whole
-        ("on_validation_batch_end", signal.SIGTERM, 2, 143, "Stopped by SIGTERM in epoch 2 at step 100: "),
+        ("on_validation_batch_end", signal.SIGTERM, 2, (), 143, "Stopped by SIGTERM in epoch 2 at step 100: "),
+        # one batch into an accumulation window of four: its gradients are kept, and the window goes on from them
+        ("on_train_batch_end", signal.SIGTERM, 2, ("--trainer.accumulate_grad_batches=4",), 143, "Stopped by SIGTERM"),
         # a hook the callback sets on itself is called; Lightning stops on Ctrl-C, and the status is 130, not 1
-        ("on_train_batch_end", signal.SIGINT, 2, 130, "Interrupted in epoch 2: "),
+        ("on_train_batch_end", signal.SIGINT, 2, (), 130, "Interrupted in epoch 2: "),
         # after the last step: the run is whole, and the status still says that a signal came
-        ("on_train_end", signal.SIGTERM, 1, 143, "terminated: SIGTERM arrived as the command was ending"),
+        ("on_train_end", signal.SIGTERM, 1, (), 143, "terminated: SIGTERM arrived as the command was ending"),
     ],
-    ids=["sigterm-first-step", "sigterm-validation", "sigint-mid-epoch", "sigterm-train-end"],
+    ids=["sigterm-first-step", "sigterm-validation", "sigterm-accumulating", "sigint-mid-epoch", "sigterm-train-end"],
 )
 def test_a_signal_at_an_awkward_moment_exits_non_zero_and_the_resume_gives_the_uninterrupted_run(
-    tmp_path, uninterrupted, hook, signum, epoch, status, line
+    tmp_path, uninterrupted, hook, signum, epoch, extra, status, line
 ):
-    cut = run_cli("fit", *SHORT_FIT, *signal_at(hook, signum, epoch), cwd=tmp_path)
+    reference = uninterrupted(extra)
+    cut = run_cli("fit", *SHORT_FIT, *extra, *signal_at(hook, signum, epoch), cwd=tmp_path)
     assert cut.returncode == status, cut.stderr
     assert "Traceback" not in cut.stderr and any(row.startswith(line) for row in cut.stderr.splitlines()), cut.stderr
-    resumed = run_cli("fit", *SHORT_FIT, *signal_at(hook, signum, epoch), "--ckpt_path", "last", cwd=tmp_path)
+    resumed = run_cli("fit", *SHORT_FIT, *extra, *signal_at(hook, signum, epoch), "--ckpt_path=last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     run = tmp_path / "lightning_logs/b16/version_0"
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
     assert sorted(p.name for p in run.glob("checkpoints/last*")) == ["last.ckpt"]
     got = weights(run / "checkpoints/last.ckpt")
-    assert got["global_step"] == uninterrupted["global_step"]
-    for name, tensor in uninterrupted["state_dict"].items():
+    assert got["global_step"] == reference["global_step"]
+    for name, tensor in reference["state_dict"].items():
         assert torch.equal(got["state_dict"][name], tensor), name
     for kind in ("EarlyStopping", "RunHistory"):
-        a, b = (next(v for k, v in c["callbacks"].items() if kind in k) for c in (got, uninterrupted))
+        a, b = (next(v for k, v in c["callbacks"].items() if kind in k) for c in (got, reference))
         assert same(a, b), kind
 
 
