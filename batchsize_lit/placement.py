@@ -67,12 +67,19 @@ class Placement:
             config.trainer.logger = False
         elif self.run is not None and (subcommand != "fit" or continued):  # evaluate, resume: in its run
             runs.place_run(config, self.run, parent)
-        elif subcommand == "fit" and not runs.version_given(config) and rank_zero_only.rank == 0:
+        elif self._new_run(config, subcommand) and not runs.version_given(config) and rank_zero_only.rank == 0:
             self.claimed = runs.claim_run(parent)
             runs.place_run(config, self.claimed, parent)
-            requeue.mark(self.claimed, argv)
+            if subcommand == "fit":
+                requeue.mark(self.claimed, argv)
         if requeue.slurm_job() and not config.trainer.get("default_root_dir") and runs.fixed_run_folder(config):
             compat.keep_hpc_checkpoints_in(config.trainer, runs.fixed_run_folder(config))
+
+    @staticmethod
+    def _new_run(config: Namespace, subcommand: str | None) -> bool:
+        """Whether the command claims a new run folder: a fit, and an evaluation of no run's checkpoint whose several
+        loggers would otherwise each count their own next version (and write to two folders)."""
+        return subcommand == "fit" or len(runs.logger_specs(config.trainer.logger)) > 1
 
     def restore_given(self, config: Namespace) -> None:
         """Put the run-folder keys of a copy of the config back as given: the loggers as given, not this run's

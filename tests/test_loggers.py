@@ -13,7 +13,7 @@ from batchsize_lit import LinearRegressor, RegressionDataModule
 from batchsize_lit.__main__ import main
 from batchsize_lit.runs import is_folder_logger
 
-from helpers import CONFIGS, QUIET, run_cli, scalars
+from helpers import CONFIGS, QUIET, exit_code, run_cli, scalars
 
 ARGS = ["--config", str(CONFIGS / "b16.yaml"), *QUIET, "--early_stopping.patience=null"]
 TB = "lightning.pytorch.loggers.TensorBoardLogger"
@@ -155,3 +155,17 @@ def test_only_loggers_that_write_save_dir_name_version_get_numbered_folders(logg
     spec = Namespace(class_path=f"lightning.pytorch.loggers.{logger}", init_args=Namespace(save_dir="x", name=None))
     spec.init_args.version = None
     assert is_folder_logger(spec) is numbered
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_an_evaluation_of_the_initial_weights_with_two_loggers_writes_one_run_folder(workdir, capsys, subcommand):
+    """No --ckpt_path, so no run to evaluate into: the command claims one folder, which both loggers share, as a
+    fit's do (each counting its own next version put them in version_0 and version_1)."""
+    loggers = [{"class_path": f"lightning.pytorch.loggers.{kind}Logger"} for kind in ("TensorBoard", "CSV")]
+    (workdir / "two.yaml").write_text(yaml.safe_dump({"trainer": {"logger": loggers}}))
+    args = [subcommand, "--config", str(CONFIGS / "b16.yaml"), "--config", "two.yaml", *QUIET]
+    assert exit_code(args) == 0
+    runs = sorted(path.name for path in (workdir / "lightning_logs/two").iterdir())  # named after the last config
+    assert runs == ["version_0"], runs
+    run = workdir / "lightning_logs/two/version_0"
+    assert (run / "metrics.csv").exists() and list(run.glob("events.out.tfevents.*"))
