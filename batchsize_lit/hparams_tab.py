@@ -9,11 +9,17 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from batchsize_lit.trainer_info import batch_size, global_batch_size, learning_rate
 
 
+def global_seed() -> int | None:
+    """The seed seed_everything set in this process, as a number (Lightning keeps it in PL_GLOBAL_SEED, a string)."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None and seed.lstrip("-").isdigit() else None
+
+
 def run_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule, keys: list[str] | None) -> dict[str, Any]:
     """The model's and data's settings, the seed, batch sizes, initial effective lr and max_epochs; only those named
     by ``keys`` (config keys such as data.batch_size, or their last part) where given."""
     run = {
-        "seed_everything": os.environ.get("PL_GLOBAL_SEED"),
+        "seed_everything": global_seed(),
         "batch_size": batch_size(trainer),
         "global_batch_size": global_batch_size(trainer),
         "lr_effective": learning_rate(trainer, initial=True),

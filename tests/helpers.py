@@ -80,7 +80,7 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def hparams(run: Path) -> dict[str, float | str]:
+def hparams(run: Path) -> dict[str, float | str | bool]:
     """The hparams tab of a run folder: its hyperparameters, read back with TensorBoard's own reader."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -88,4 +88,4 @@ def hparams(run: Path) -> dict[str, float | str]:
     events.Reload()
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
-    return {key: value.number_value or value.string_value for key, value in info.hparams.items()}
+    return {key: getattr(value, value.WhichOneof("kind")) for key, value in info.hparams.items()}  # 0 and "" too

@@ -37,6 +37,7 @@ def test_fit_each_config(tmp_path, config):
     batch_size = {"b16": 16, "b128": 128, "early_stopping": 64}[config]
     assert hp["batch_size"] == hp["global_batch_size"] == batch_size
     assert hp["lr"] == pytest.approx(0.1)
+    assert hp["seed_everything"] == 0 and not isinstance(hp["seed_everything"], str)  # a number, as it was given
     best_val = min(value for _, value in tags["by_epoch/val_loss"])
     assert tags["hp/val_loss_best"][0][1] == pytest.approx(best_val)
 

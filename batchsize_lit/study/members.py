@@ -1,7 +1,6 @@
 """The per-member bookkeeping of a cohort fit: what each cell's own callbacks would record, log and decide."""
 
 import math
-import os
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ from batchsize_lit.cohort_module import (
     member_batch_size,
     stack_batches,
 )
+from batchsize_lit.hparams_tab import global_seed
 from batchsize_lit.outputs import batch_samples
 from batchsize_lit.problem import has_batch_metrics, reference_facts, run_report
 from batchsize_lit.run_history import epoch_log_interval
@@ -37,7 +37,7 @@ class Member:
         self.early = find_callback(trainer, EarlyStopping)
         self.divergence = find_callback(trainer, DivergenceCheck)
         self.stream = MemberStream()  # the global generator as this cell's fit starts: after its seed and init
-        self.seed = os.environ.get("PL_GLOBAL_SEED")
+        self.seed = global_seed()
         self.step, self.status, self.running = 0, "ok", True
         self.should_stop = False
         self.validated: int | None = None
