@@ -79,6 +79,8 @@ try:
     from batchsize_lit.problems.regression import LinearRegressor, RegressionDataModule
 except KeyboardInterrupt:  # Ctrl-C while Lightning is imported: nothing has started
     clear(shown)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        os.write(2, b"interrupted before training started; nothing to resume\n")  # print can fail mid-import
     sys.exit(130)
 finally:
     if importing:

@@ -264,3 +264,18 @@ def test_a_signal_in_the_sanity_check_leaves_no_run_folder(tmp_path, signum, sta
     cut = run_cli("fit", *SHORT_FIT, *signal_at("on_sanity_check_start", signum, 1), cwd=tmp_path)
     assert cut.returncode == status and "Traceback" not in cut.stderr, cut.stderr
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_ctrl_c_while_lightning_is_imported_exits_130_in_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchsize_lit", "fit", *SHORT_FIT],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's background job ignores it
+    )  # fmt: skip
+    time.sleep(0.5)  # Lightning's import takes seconds
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr == "interrupted before training started; nothing to resume\n"
+    assert not (tmp_path / "lightning_logs").exists()
