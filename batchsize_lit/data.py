@@ -161,6 +161,13 @@ def check(ok: bool, key: str, value: object, rule: str) -> None:
         raise ValueError(f"data.{key}={value!r} {rule}")
 
 
+def check_workers(num_workers: int) -> None:
+    """A DataLoader's worker count: from 0 to 16 worker processes per CPU. Each is a process started at every
+    epoch's first batch, so a count far beyond the machine's CPUs only starts processes until it hangs."""
+    most = 16 * (os.cpu_count() or 1)
+    check(0 <= num_workers <= most, "num_workers", num_workers, f"must be from 0 to {most} (16 per CPU here)")
+
+
 def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
     """The train, val and test sizes of ``n`` examples split by the two fractions (each share rounded), once the
     fractions are checked: each in [0, 1), together under 1."""

@@ -1,5 +1,6 @@
 """The digits example: its split, its argument checks, a short fit, and per-example gradients of its loss."""
 
+import os
 import re
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def test_loaders_shuffle_training_data_only() -> None:
         ({"val_fraction": 1.0}, "data.val_fraction=1.0 must be in [0, 1)"),
         ({"test_fraction": -0.1}, "data.test_fraction=-0.1 must be in [0, 1)"),
         ({"val_fraction": 0.5, "test_fraction": 0.5}, "data.val_fraction=0.5 plus test_fraction=0.5 must be < 1"),
-        ({"num_workers": -1}, "data.num_workers=-1 must be >= 0"),
+        ({"num_workers": -1}, f"data.num_workers=-1 must be from 0 to {16 * (os.cpu_count() or 1)} (16 per CPU here)"),
     ],
 )
 def test_bad_data_arguments_raise_one_line(kwargs: dict, message: str) -> None:

@@ -215,6 +215,7 @@ def test_a_mutant_whose_training_diverges_keeps_its_run_and_says_why(tmp_path):
         ([], ("seed_everything",), -1),
         (FORK, ("trainer", "max_time"), ""),  # Lightning's Timer names no key
         ([], ("trainer", "num_nodes"), 10**12),  # torch.distributed's store failed with a traceback
+        ([], ("data", "init_args", "num_workers"), 10**12),  # the loader started processes until it hung
     ],
 )
 def test_known_mutants_fail_in_one_line(extra, key, value, tmp_path, monkeypatch):

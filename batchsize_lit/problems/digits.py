@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Accuracy, MeanMetric, Metric
 
-from batchsize_lit.data import check, split_sizes
+from batchsize_lit.data import check, check_workers, split_sizes
 
 N_SAMPLES = 1797  # images in load_digits(), shipped with scikit-learn
 N_FEATURES = 64  # 8×8 pixels, each 0 to 16
@@ -45,7 +45,7 @@ class DigitsDataModule(pl.LightningDataModule):
             raise ValueError(f'data.class_path={name} needs scikit-learn, not installed: pip install -e ".[digits]"')
         check(isinstance(batch_size, int) and batch_size > 0, "batch_size", batch_size, "must be a positive integer")
         self.n_train, self.n_val, self.n_test = split_sizes(N_SAMPLES, val_fraction, test_fraction)
-        check(num_workers >= 0, "num_workers", num_workers, "must be >= 0")
+        check_workers(num_workers)
         self.save_hyperparameters()
         check(
             batch_size <= self.n_train,

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchmetrics import MeanSquaredError
 
-from batchsize_lit.data import InMemoryDataset, check, in_memory_loader, physical_memory, split_sizes
+from batchsize_lit.data import InMemoryDataset, check, check_workers, in_memory_loader, physical_memory, split_sizes
 from batchsize_lit.problem import RunReport
 from batchsize_lit.trainer_info import global_batch_size, learning_rate, plain_sgd
 
@@ -71,7 +71,7 @@ class RegressionDataModule(pl.LightningDataModule):
         check(math.isfinite(noise_std), "noise_std", noise_std, "must be a finite number")
         check(x_max > x_min, "x_max", x_max, f"must be greater than x_min={x_min}")
         self.n_train, self.n_val, self.n_test = split_sizes(n_samples, val_fraction, test_fraction)
-        check(num_workers >= 0, "num_workers", num_workers, "must be >= 0")
+        check_workers(num_workers)
         check(sampling in ("epochs", "replacement"), "sampling", sampling, "must be epochs or replacement")
         memory = physical_memory()  # x, y, the noise and the split's indices: about 24 bytes a point
         check(memory is None or n_samples * 24 < memory, "n_samples", n_samples, f"needs more than {memory} bytes")
