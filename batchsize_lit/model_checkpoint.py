@@ -40,8 +40,7 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
         self.report_interrupt = True  # a study reports an interrupted cell its own way
         self.sigterm_checkpoint: str | None = None  # where a fit stopped by SIGTERM saved its last step
         self._fitting = True  # this class's own flag: whether the stage set up is fit; a load before setup is a fit's
-        self._stopped_in_validation = False  # while the checkpoint of a SIGTERM during a fit's validation is saved
-        self._saving_at_sigterm = False  # while the checkpoint of any SIGTERM is saved
+        self._saving_at_sigterm = False  # while the checkpoint of a SIGTERM is saved
         self._gradients: dict | None = None  # those a resumed checkpoint holds, put back as training starts
         self._last_holds: str | None = None  # where the last checkpoint saved in this process stands
         super().__init__(monitor=monitor, filename=filename, save_last=save_last, **kwargs)
@@ -78,9 +77,10 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         save_resume_state(checkpoint)
-        if self._saving_at_sigterm:  # the one checkpoint that may fall inside an accumulation window
-            save_gradients(checkpoint, pl_module)
-        if self._stopped_in_validation:  # the validation SIGTERM cut runs again, whole, when the fit resumes
+        if not self._saving_at_sigterm:
+            return
+        save_gradients(checkpoint, pl_module)  # the one checkpoint that may fall inside an accumulation window
+        if trainer.validating and not trainer.sanity_checking:  # the cut validation runs again, whole, on resume
             compat.rerun_validation_on_resume(checkpoint)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
@@ -114,12 +114,11 @@ class ModelCheckpoint(FixedStateKey, _ModelCheckpoint):
         previous = self.last_model_path
         if dirpath:  # in the checkpoint's own state, as Lightning's saves of last do: a resume then overwrites it
             self.last_model_path = os.path.join(dirpath, "last.ckpt")
-        self._stopped_in_validation = trainer.validating and not trainer.sanity_checking
         self._saving_at_sigterm = True
         try:
             path = save_at_sigterm(trainer, dirpath, "last.ckpt", self.save_weights_only)
         finally:
-            self._stopped_in_validation = self._saving_at_sigterm = False
+            self._saving_at_sigterm = False
         if path is None:
             self.last_model_path = previous
         return path
